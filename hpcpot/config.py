@@ -1,0 +1,274 @@
+"""Training configuration: a plain TOML file, validated up front.
+
+Every key is checked for name and type before any work starts; an unknown or
+mistyped key is an error that names the key and the file.  Units: Å for
+lengths, eV for energies, eV/Å for forces, GiB for memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A problem with the configuration file; the message names file and key."""
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # paths or globs
+    validation: list[str] = field(default_factory=list)  # optional separate files
+    validation_fraction: float = 0.1
+    seed: int = 0
+    split_key: str = ""  # atoms.info key whose value says "train"/"validation"
+    index: str = ":"  # ASE index applied to each file
+
+
+@dataclass
+class ElementFingerprintConfig:
+    """Per-element override of the symmetry-function set (any key may be left out)."""
+
+    g2_etas: list[float] | None = None
+    g2_offsets: list[float] | None = None
+    g4_etas: list[float] | None = None
+    g4_zetas: list[float] | None = None
+    g4_gammas: list[float] | None = None
+
+
+@dataclass
+class FingerprintConfig:
+    cutoff: float = 6.5  # Å
+    preset: str = "default"  # "default" or "amp" (Amp 1.0.1's exact set)
+    g2_etas: list[float] | None = None  # None: from the preset
+    g2_offsets: list[float] = field(default_factory=lambda: [0.0])  # Rs, Å
+    g4_etas: list[float] | None = None
+    g4_zetas: list[float] | None = None
+    g4_gammas: list[float] | None = None
+    elements: dict[str, ElementFingerprintConfig] = field(default_factory=dict)
+    storage: str = "float64"  # derivative storage: "float64" or "float32"
+    cache: str = ""  # HDF5 fingerprint cache file ("" = off)
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [20, 20])
+    activation: str = "tanh"  # tanh, sigmoid, linear
+    seed: int = 0  # weight initialisation
+    elements: list[str] = field(default_factory=list)  # default: from the data
+
+
+@dataclass
+class LossConfig:
+    force_coefficient: float = 0.04  # alpha in Amp's loss
+
+
+@dataclass
+class OptimizerConfig:
+    method: str = "lbfgsb"  # "lbfgsb" or "bfgs"
+    max_iterations: int = 1000
+    history: int = 10  # L-BFGS-B memory (scipy's maxcor)
+
+
+@dataclass
+class ConvergenceConfig:
+    energy_rmse: float = 0.001  # eV/atom; <= 0 disables
+    force_rmse: float = 0.1  # eV/Å; <= 0 disables
+    energy_maxresid: float = 0.0  # eV/atom; 0 disables
+    force_maxresid: float = 0.0  # eV/Å; 0 disables
+    on: str = "train"  # "train" or "validation": which set must meet the criteria
+
+
+@dataclass
+class AnnealConfig:
+    enabled: bool = False
+    tmax: float = 2000.0
+    tmin: float = 2.5
+    steps: int = 10000
+    updates: int = 0  # 0: steps // 200
+    step_size: float = 0.05  # std of the Gaussian parameter move
+    auto: bool = False  # estimate tmax/tmin from exploratory runs
+    seed: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50  # iterations; 0 = only on signals and at the end
+    keep: int = 2  # checkpoint files kept
+
+
+@dataclass
+class ParallelConfig:
+    memory_per_rank: float = 0.0  # GiB; 0 = node memory / ranks on the node
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "run"
+    overwrite: bool = False
+    validate_every: int = 10  # iterations between validation-set evaluations
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    fingerprints: FingerprintConfig = field(default_factory=FingerprintConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    convergence: ConvergenceConfig = field(default_factory=ConvergenceConfig)
+    anneal: AnnealConfig = field(default_factory=AnnealConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    path: str = ""  # the file it came from (not a TOML key)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        return d
+
+    def digest(self, sections: tuple[str, ...] = ("data", "fingerprints", "model", "loss")) -> str:
+        """Hash of the sections that define the problem being trained (for restarts)."""
+        d = self.to_dict()
+        blob = json.dumps({k: d[k] for k in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_CHOICES = {
+    ("fingerprints", "preset"): ("default", "amp"),
+    ("fingerprints", "storage"): ("float64", "float32"),
+    ("model", "activation"): ("tanh", "sigmoid", "linear"),
+    ("optimizer", "method"): ("lbfgsb", "bfgs"),
+    ("convergence", "on"): ("train", "validation"),
+}
+
+
+def _check_value(value: Any, annotation: str, where: str) -> Any:
+    """Coerce/validate one TOML value against a dataclass field annotation string."""
+    ann = annotation.replace(" ", "")
+    optional = ann.endswith("|None")
+    if optional:
+        ann = ann[: -len("|None")]
+    if ann == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if ann == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if ann == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if ann == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if ann.startswith("list["):
+        inner = ann[5:-1]
+        if isinstance(value, str) and inner == "str":
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_value(v, inner, f"{where}[{k}]") for k, v in enumerate(value)]
+    raise AssertionError(f"unhandled annotation {annotation}")
+
+
+def _fill(cls: type, table: Any, where: str, section: str = "") -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields or key == "path":
+            raise ConfigError(
+                f"{where}: unknown key '{key}' (allowed: {', '.join(k for k in fields if k != 'path')})"
+            )
+        ann = str(fields[key].type)
+        if ann.startswith("dict[str,ElementFingerprintConfig]") or ann.startswith(
+            "dict[str, ElementFingerprintConfig]"
+        ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a table of elements")
+            kwargs[key] = {
+                el: _fill(ElementFingerprintConfig, sub, f"{where}.{key}.{el}") for el, sub in value.items()
+            }
+        else:
+            kwargs[key] = _check_value(value, ann, f"{where}.{key}")
+    obj = cls(**kwargs)
+    for (sec, key), allowed in _CHOICES.items():
+        if sec == section and getattr(obj, key, None) not in allowed and key in table:
+            raise ConfigError(f"{where}.{key}: {getattr(obj, key)!r} is not one of {allowed}")
+    return obj
+
+
+def _check_ranges(cfg: Config, src: str) -> None:
+    def bad(key: str, msg: str) -> None:
+        raise ConfigError(f"{src}: [{key.split('.')[0]}] {key.split('.', 1)[1]}: {msg}")
+
+    if not 0.0 <= cfg.data.validation_fraction < 1.0:
+        bad("data.validation_fraction", "must be in [0, 1)")
+    if cfg.fingerprints.cutoff <= 0:
+        bad("fingerprints.cutoff", "must be > 0 (Å)")
+    if any(h <= 0 for h in cfg.model.hidden):
+        bad("model.hidden", "layer sizes must be positive")
+    if cfg.loss.force_coefficient < 0:
+        bad("loss.force_coefficient", "must be >= 0")
+    if cfg.optimizer.max_iterations < 0:
+        bad("optimizer.max_iterations", "must be >= 0")
+    if cfg.anneal.enabled and not (cfg.anneal.tmax > cfg.anneal.tmin > 0):
+        bad("anneal.tmax", "need tmax > tmin > 0")
+    if cfg.anneal.steps < 1:
+        bad("anneal.steps", "must be >= 1")
+    if cfg.checkpoint.every < 0:
+        bad("checkpoint.every", "must be >= 0")
+    if cfg.checkpoint.keep < 1:
+        bad("checkpoint.keep", "must be >= 1")
+
+
+def parse_config(table: dict[str, Any], source: str = "<config>") -> Config:
+    """Build a validated Config from a parsed TOML table.
+
+    Relative data/output paths are taken relative to the config file's folder.
+    """
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "path"}
+    kwargs: dict[str, Any] = {}
+    for name, value in table.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section [{name}] (allowed: {', '.join(sections)})")
+        kwargs[name] = _fill(sections[name].default_factory, value, f"{source}: [{name}]", name)
+    cfg = Config(**kwargs, path=source)
+    _check_ranges(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file; relative paths resolve against its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        table = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    cfg = parse_config(table, str(path))
+    base = path.resolve().parent
+
+    def rel(p: str) -> str:
+        return p if Path(p).is_absolute() else str(base / p)
+
+    cfg.data.train = [rel(p) for p in cfg.data.train]
+    cfg.data.validation = [rel(p) for p in cfg.data.validation]
+    cfg.output.dir = rel(cfg.output.dir)
+    if cfg.fingerprints.cache:
+        cfg.fingerprints.cache = rel(cfg.fingerprints.cache)
+    if not cfg.data.train:
+        raise ConfigError(f"{path}: [data] train: at least one file or glob is required")
+    return cfg

@@ -1,0 +1,234 @@
+"""Amp's loss and its analytic gradient on one shard of images.
+
+    L = ½ Σ_j [ (Ê_j/N_j − E_j/N_j)² + α/(3 N_j) Σ_i Σ_k (F̂_ik − F_ik)² ]
+
+A shard is any set of images; a serial run is one shard.  :meth:`ShardProblem.evaluate`
+returns *partial sums* that add up across shards (the MPI layer allreduces them):
+
+    buf = [loss, Σ_j r_E², n_images, Σ ΔF², n_force_components, grad...]
+
+with r_E = (Ê_j − E_j)/N_j in eV/atom and ΔF in eV/Å.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .fingerprints import DerivativeBlocks
+from .model import Layout, forward, input_gradient, parameter_gradient
+
+N_HEAD = 5  # loss, sum rE^2, n_images, sum dF^2, n_force_components
+
+
+@njit(cache=True)
+def _scale_derivatives(centre, kind, ptr, values, species, sub_idx, sub_len, factor):
+    """values *= factor[species[centre], f] (fingerprint scaling, applied once)."""
+    for p in range(centre.shape[0]):
+        c = species[centre[p]]
+        k = kind[p]
+        b = ptr[p]
+        for l in range(sub_len[c, k]):
+            s = factor[c, sub_idx[c, k, l]]
+            values[b + 3 * l] *= s
+            values[b + 3 * l + 1] *= s
+            values[b + 3 * l + 2] *= s
+
+
+@njit(cache=True)
+def _force_kernel(
+    image_ptr, atom_ptr, centre, partner, kind, ptr, values, species, row,
+    sub_idx, sub_len, g, F_ref, wF, Fhat, v, sq, maxabs,
+):  # fmt: skip
+    """Per image, while its derivatives are in cache: F̂ = −Σ dx/dr·g, residual ΔF, and
+    v_i = Σ_m dx_i/dr_m · (wF ΔF_m).  sq[j] = Σ ΔF², maxabs[j] = max |ΔF|."""
+    n_img = image_ptr.shape[0] - 1
+    for j in range(n_img):
+        a0 = atom_ptr[j]
+        a1 = atom_ptr[j + 1]
+        for m in range(a0, a1):
+            Fhat[m, 0] = 0.0
+            Fhat[m, 1] = 0.0
+            Fhat[m, 2] = 0.0
+        for p in range(image_ptr[j], image_ptr[j + 1]):
+            i = centre[p]
+            m = partner[p]
+            c = species[i]
+            k = kind[p]
+            ri = row[i]
+            b = ptr[p]
+            fx = 0.0
+            fy = 0.0
+            fz = 0.0
+            for l in range(sub_len[c, k]):
+                gv = g[ri, sub_idx[c, k, l]]
+                fx += gv * values[b + 3 * l]
+                fy += gv * values[b + 3 * l + 1]
+                fz += gv * values[b + 3 * l + 2]
+            Fhat[m, 0] -= fx
+            Fhat[m, 1] -= fy
+            Fhat[m, 2] -= fz
+        s = 0.0
+        mx = 0.0
+        for m in range(a0, a1):
+            for x in range(3):
+                d = Fhat[m, x] - F_ref[m, x]
+                s += d * d
+                mx = max(mx, abs(d))
+                Fhat[m, x] = d * wF[j]  # reuse as the weighted residual
+        sq[j] = s
+        maxabs[j] = mx
+        for p in range(image_ptr[j], image_ptr[j + 1]):
+            i = centre[p]
+            m = partner[p]
+            c = species[i]
+            k = kind[p]
+            ri = row[i]
+            b = ptr[p]
+            rx = Fhat[m, 0]
+            ry = Fhat[m, 1]
+            rz = Fhat[m, 2]
+            for l in range(sub_len[c, k]):
+                v[ri, sub_idx[c, k, l]] += values[b + 3 * l] * rx + values[b + 3 * l + 1] * ry + values[b + 3 * l + 2] * rz
+
+
+class ShardProblem:
+    """Everything one shard needs to evaluate the loss: scaled fingerprints grouped by
+    element, sparse scaled derivatives, reference energies (eV) and forces (eV/Å).
+
+    ``G`` (n_atoms, n_max) and ``blocks`` come from :func:`hpcpot.fingerprints.compute_fingerprints`
+    on ``st``; ``gmin``/``gmax`` (n_elements, n_max) are the global training ranges.  The
+    derivative values are scaled in place (they are not needed unscaled again).
+    """
+
+    def __init__(
+        self, st, G: np.ndarray, blocks: DerivativeBlocks | None, layout: Layout,
+        gmin: np.ndarray, gmax: np.ndarray, sub_tables: tuple[np.ndarray, np.ndarray],
+        force_coefficient: float,
+    ):  # fmt: skip
+        self.layout = layout
+        self.alpha = force_coefficient
+        self.with_forces = force_coefficient > 0 and blocks is not None
+        self.n_images = st.n_images
+        self.natoms = st.n_atoms.astype(float)
+        self.energy = st.energy
+        self.atom_ptr = st.atom_ptr
+        self.species = st.species
+        self.forces = st.forces
+        ne = len(layout.elements)
+        rng = gmax - gmin
+        factor = np.where(rng > 0, 2.0 / np.where(rng > 0, rng, 1.0), 0.0)
+        img_of_atom = np.repeat(np.arange(st.n_images), st.n_atoms)
+        order = np.argsort(st.species, kind="stable")  # element-major, image order within
+        self.row = np.empty(len(order), np.int64)
+        self.row[order] = np.arange(len(order))
+        counts = np.bincount(st.species, minlength=ne)
+        self.elem_ptr = np.zeros(ne + 1, np.int64)
+        np.cumsum(counts, out=self.elem_ptr[1:])
+        self.X, self.img = [], []
+        for e in range(ne):
+            idx = order[self.elem_ptr[e] : self.elem_ptr[e + 1]]
+            nf = layout.n_inputs[e]
+            x = (G[idx, :nf] - gmin[e, :nf]) * factor[e, :nf] - 1.0
+            x[:, rng[e, :nf] <= 0] = 0.0
+            self.X.append(np.ascontiguousarray(x))
+            self.img.append(img_of_atom[idx])
+        self.blocks = blocks
+        self.sub_idx, self.sub_len = sub_tables
+        nmax = G.shape[1]
+        if self.with_forces:
+            b = blocks
+            _scale_derivatives(b.centre, b.kind, b.ptr, b.values, st.species, self.sub_idx, self.sub_len, factor)
+            self.wF = force_coefficient / (3.0 * self.natoms)
+            self.g = np.zeros((len(order), nmax))
+            self.v = np.zeros((len(order), nmax))
+            self.Fhat = np.zeros((len(order), 3))
+        self.last_max = (0.0, 0.0)
+
+    @property
+    def buffer_size(self) -> int:
+        return N_HEAD + self.layout.n_params
+
+    def evaluate(self, params: np.ndarray, with_grad: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+        """Partial sums of this shard (see module doc); ``out`` is filled and returned.
+
+        Also sets ``self.last_max = (max |r_E| eV/atom, max |ΔF| eV/Å)`` for this shard.
+        """
+        lay = self.layout
+        buf = np.zeros(self.buffer_size) if out is None else out
+        buf[:] = 0.0
+        ne = len(lay.elements)
+        Ehat = np.zeros(self.n_images)
+        passes = []
+        for e in range(ne):
+            if len(self.X[e]) == 0:
+                passes.append(None)
+                continue
+            layers = lay.unpack(params, e)
+            slope, intercept = lay.slope_intercept(params, e)
+            out_e, acts = forward(layers, self.X[e], lay.activation)
+            Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
+            passes.append((layers, acts, out_e, slope))
+        rE = (Ehat - self.energy) / self.natoms
+        loss = 0.5 * float(rE @ rE)
+        buf[1] = rE @ rE
+        buf[2] = self.n_images
+        maxE = float(np.abs(rE).max()) if self.n_images else 0.0
+        maxF = 0.0
+        do_forces = self.with_forces and self.n_images > 0
+        if do_forces:
+            for e in range(ne):
+                if passes[e] is None:
+                    continue
+                layers, acts, _, slope = passes[e]
+                r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
+                self.g[r0:r1, : lay.n_inputs[e]] = slope * input_gradient(layers, acts, lay.activation)
+            self.v[:] = 0.0
+            b = self.blocks
+            sq = np.empty(self.n_images)
+            mx = np.empty(self.n_images)
+            _force_kernel(
+                b.image_ptr, self.atom_ptr, b.centre, b.partner, b.kind, b.ptr, b.values,
+                self.species, self.row, self.sub_idx, self.sub_len, self.g, self.forces,
+                self.wF, self.Fhat, self.v, sq, mx,
+            )  # fmt: skip
+            loss += 0.5 * float(self.wF @ sq)
+            buf[3] = sq.sum()
+            buf[4] = 3.0 * self.natoms.sum()
+            maxF = float(mx.max())
+        buf[0] = loss
+        self.last_max = (maxE, maxF)
+        if not with_grad:
+            return buf
+        grad = buf[N_HEAD:]
+        wE = rE / self.natoms  # dL/dÊ_j
+        for e in range(ne):
+            if passes[e] is None:
+                continue
+            layers, acts, out_e, slope = passes[e]
+            wE_atom = wE[self.img[e]]
+            v = None
+            if do_forces:
+                r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
+                v = self.v[r0:r1, : lay.n_inputs[e]]
+            grads, outdot = parameter_gradient(layers, acts, lay.activation, slope * wE_atom, v, -slope)
+            gl = lay.unpack(grad, e)
+            for (gW, gb), (dW, db) in zip(gl, grads, strict=True):
+                gW += dW
+                gb += db
+            k = lay.scaling_offset + 2 * e
+            grad[k] += wE_atom @ out_e - (outdot.sum() if outdot is not None else 0.0)
+            grad[k + 1] += wE_atom.sum()
+        return buf
+
+    def predict_energies(self, params: np.ndarray) -> np.ndarray:
+        """Ê per image (eV)."""
+        lay = self.layout
+        Ehat = np.zeros(self.n_images)
+        for e in range(len(lay.elements)):
+            if len(self.X[e]) == 0:
+                continue
+            slope, intercept = lay.slope_intercept(params, e)
+            out_e, _ = forward(lay.unpack(params, e), self.X[e], lay.activation)
+            Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
+        return Ehat

@@ -1,0 +1,183 @@
+"""Per-element feed-forward networks and their flat parameter vector.
+
+Atomic energy of an atom of element e with scaled fingerprint x (shape (n_in,)):
+
+    E_atom = slope_e * N_e(x) + intercept_e      (eV)
+
+with N_e a feed-forward network: hidden layers ``z = W a + b, a = act(z)`` and a linear
+output layer.  The energy of an image is the sum of its atomic energies.
+
+Flat parameter layout (float64), elements in sorted order:
+
+    for e in elements:                       # network of element e
+        for each layer l (hidden..., output):
+            W_l  (n_out, n_in), row-major
+            b_l  (n_out,)
+    for e in elements:
+        slope_e, intercept_e                 # eV
+
+Scaled fingerprints: ``x = 2 (G − Gmin) / (Gmax − Gmin) − 1`` per element and function
+(0 where the training range is zero), from the training set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ACTIVATIONS = ("tanh", "sigmoid", "linear")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shapes and offsets of the flat parameter vector."""
+
+    elements: tuple[str, ...]
+    n_inputs: tuple[int, ...]  # fingerprint length per element
+    hidden: tuple[int, ...]
+    activation: str
+
+    def layer_shapes(self, e: int) -> list[tuple[int, int]]:
+        sizes = [self.n_inputs[e], *self.hidden, 1]
+        return [(sizes[k + 1], sizes[k]) for k in range(len(sizes) - 1)]
+
+    def _net_size(self, e: int) -> int:
+        return sum(o * i + o for o, i in self.layer_shapes(e))
+
+    @property
+    def n_params(self) -> int:
+        return sum(self._net_size(e) for e in range(len(self.elements))) + 2 * len(self.elements)
+
+    def network_offset(self, e: int) -> int:
+        return sum(self._net_size(k) for k in range(e))
+
+    @property
+    def scaling_offset(self) -> int:
+        return self.network_offset(len(self.elements))
+
+    def unpack(self, params: np.ndarray, e: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Views (W, b) of every layer of element e's network into ``params``."""
+        off = self.network_offset(e)
+        out = []
+        for o, i in self.layer_shapes(e):
+            W = params[off : off + o * i].reshape(o, i)
+            off += o * i
+            out.append((W, params[off : off + o]))
+            off += o
+        return out
+
+    def slope_intercept(self, params: np.ndarray, e: int) -> tuple[float, float]:
+        k = self.scaling_offset + 2 * e
+        return params[k], params[k + 1]
+
+
+def initial_parameters(layout: Layout, slope: np.ndarray, intercept: np.ndarray, seed: int) -> np.ndarray:
+    """Glorot-uniform weights, zero biases, energy slope/intercept per element (eV)."""
+    rng = np.random.default_rng(seed)
+    p = np.zeros(layout.n_params)
+    for e in range(len(layout.elements)):
+        for W, _b in layout.unpack(p, e):
+            lim = np.sqrt(6.0 / (W.shape[0] + W.shape[1]))
+            W[...] = rng.uniform(-lim, lim, W.shape)
+    for e in range(len(layout.elements)):
+        k = layout.scaling_offset + 2 * e
+        p[k], p[k + 1] = slope[e], intercept[e]
+    return p
+
+
+def activation_derivs(a: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(f'(z), f''(z)) expressed through the activation value a = f(z)."""
+    if kind == "tanh":
+        d1 = 1.0 - a * a
+        return d1, -2.0 * a * d1
+    if kind == "sigmoid":
+        d1 = a * (1.0 - a)
+        return d1, d1 * (1.0 - 2.0 * a)
+    return np.ones_like(a), np.zeros_like(a)
+
+
+def activate(z: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "tanh":
+        return np.tanh(z, out=z)
+    if kind == "sigmoid":
+        np.negative(z, out=z)
+        np.exp(z, out=z)
+        z += 1.0
+        return np.reciprocal(z, out=z)
+    return z
+
+
+def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, kind: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Network output (n,) and the activations [x, a_1, ..., a_L] of the hidden layers."""
+    acts = [x]
+    a = x
+    for W, b in layers[:-1]:
+        z = a @ W.T
+        z += b
+        a = activate(z, kind)
+        acts.append(a)
+    W, b = layers[-1]
+    return (a @ W[0]) + b[0], acts
+
+
+def input_gradient(layers, acts: list[np.ndarray], kind: str) -> np.ndarray:
+    """d output / d x for every row, shape (n, n_in)."""
+    abar = np.broadcast_to(layers[-1][0], (acts[0].shape[0], layers[-1][0].shape[1]))
+    for (W, _b), a in zip(reversed(layers[:-1]), reversed(acts[1:]), strict=True):
+        d1, _ = activation_derivs(a, kind)
+        abar = (abar * d1) @ W
+    return abar
+
+
+def parameter_gradient(
+    layers, acts: list[np.ndarray], kind: str, obar: np.ndarray, v: np.ndarray | None, tbar: float
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray | None]:
+    """Gradient of S = Σ_n obar_n out_n + tbar Σ_n (∇_x out_n · v_n) w.r.t. every (W, b).
+
+    The second term (forces) is a forward-mode (tangent) pass along v followed by one
+    reverse pass through both the primal and the tangent: no per-parameter Jacobian is ever
+    formed.  Returns the per-layer (dW, db) and the tangent outputs ∇_x out_n · v_n (or None).
+    """
+    nl = len(layers)
+    d1s, d2s = [], []
+    for a in acts[1:]:
+        d1, d2 = activation_derivs(a, kind)
+        d1s.append(d1)
+        d2s.append(d2)
+    tang = None
+    zdots: list[np.ndarray] = []
+    if v is not None:
+        tang = [v]
+        t = v
+        for k in range(nl - 1):
+            zd = t @ layers[k][0].T
+            zdots.append(zd)
+            t = d1s[k] * zd
+            tang.append(t)
+        outdot = t @ layers[-1][0][0]
+    else:
+        outdot = None
+    grads: list[tuple[np.ndarray, np.ndarray]] = [None] * nl  # type: ignore[list-item]
+    Wout = layers[-1][0]
+    dW = (obar @ acts[-1])[None, :]
+    if tang is not None:
+        dW = dW + tbar * tang[-1].sum(axis=0)[None, :]
+    grads[-1] = (dW, np.array([obar.sum()]))
+    abar = obar[:, None] * Wout  # (n, h)
+    tdbar = None if tang is None else np.broadcast_to(tbar * Wout, abar.shape)
+    for k in range(nl - 2, -1, -1):
+        W = layers[k][0]
+        zbar = d1s[k] * abar
+        if tang is not None:
+            zbar += d2s[k] * zdots[k] * tdbar
+            zdbar = d1s[k] * tdbar
+            dW = zbar.T @ acts[k] + zdbar.T @ tang[k]
+        else:
+            dW = zbar.T @ acts[k]
+        grads[k] = (dW, zbar.sum(axis=0))
+        if k > 0:
+            abar = zbar @ W
+            if tang is not None:
+                tdbar = zdbar @ W
+    return grads, outdot
