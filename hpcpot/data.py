@@ -142,6 +142,81 @@ def check_image(atoms, source: str, need_forces: bool, elements: tuple[str, ...]
     return float(energy), forces
 
 
+def atoms_to_structures(
+    items: list, need_forces: bool, elements: tuple[str, ...] | None = None
+) -> Structures:
+    """Validate ``[(atoms, source_label), ...]`` and pack them as Structures.
+
+    ``elements``: the model's elements (others are an error); None: those present, sorted.
+    """
+    symbols_l, pos_l, cells, pbcs, nat, energies, forces_l, sources = [], [], [], [], [], [], [], []
+    for atoms, src in items:
+        e, f = check_image(atoms, src, need_forces, elements)
+        symbols_l.append(np.asarray(atoms.get_chemical_symbols()))
+        pos_l.append(atoms.get_positions())
+        cells.append(atoms.cell.array.copy())
+        pbcs.append(atoms.pbc.copy())
+        nat.append(len(atoms))
+        energies.append(e)
+        if need_forces:
+            forces_l.append(f)
+        sources.append(src)
+    symbols = np.concatenate(symbols_l) if symbols_l else np.zeros(0, "<U2")
+    els = tuple(sorted(set(symbols.tolist()))) if elements is None else tuple(elements)
+    uniq, inv = np.unique(symbols, return_inverse=True)
+    species = np.array([els.index(u) for u in uniq], np.int64)[inv].reshape(-1)
+    ptr = np.zeros(len(nat) + 1, np.int64)
+    np.cumsum(nat, out=ptr[1:])
+    return Structures(
+        els,
+        species,
+        np.concatenate(pos_l) if pos_l else np.zeros((0, 3)),
+        np.array(cells, float).reshape(-1, 3, 3),
+        np.array(pbcs, bool).reshape(-1, 3),
+        ptr,
+        np.array(energies, float),
+        (np.concatenate(forces_l) if forces_l else np.zeros((0, 3))) if need_forces else None,
+        sources,
+    )
+
+
+def concat_structures(parts: list[Structures], elements: tuple[str, ...]) -> Structures:
+    """Join Structures (possibly with different element tuples) under ``elements``."""
+    sp, pos, cells, pbc, nat, en, fr, src = [], [], [], [], [], [], [], []
+    with_f = all(p.forces is not None for p in parts)
+    for p in parts:
+        missing = sorted(set(p.elements) - set(elements))
+        if missing:
+            used = set(np.asarray(p.elements)[np.unique(p.species)].tolist()) if len(p.species) else set()
+            if used & set(missing):
+                raise DataError(f"element(s) {', '.join(missing)} in the data are not among the model's elements")
+        lut = np.array([elements.index(e) if e in elements else -1 for e in p.elements], np.int64)
+        sp.append(lut[p.species] if len(p.species) else p.species)
+        pos.append(p.positions)
+        cells.append(p.cells)
+        pbc.append(p.pbc)
+        nat.append(p.n_atoms)
+        en.append(p.energy)
+        if with_f:
+            fr.append(p.forces)
+        src.extend(p.sources)
+    cat = np.concatenate
+    n = cat(nat) if nat else np.zeros(0, np.int64)
+    ptr = np.zeros(len(n) + 1, np.int64)
+    np.cumsum(n, out=ptr[1:])
+    return Structures(
+        tuple(elements),
+        cat(sp) if sp else np.zeros(0, np.int64),
+        cat(pos) if pos else np.zeros((0, 3)),
+        cat(cells) if cells else np.zeros((0, 3, 3)),
+        cat(pbc) if pbc else np.zeros((0, 3), bool),
+        ptr,
+        cat(en) if en else np.zeros(0),
+        (cat(fr) if fr else np.zeros((0, 3))) if with_f else None,
+        src,
+    )
+
+
 def read_structures(
     patterns: list[str],
     need_forces: bool,
@@ -149,60 +224,25 @@ def read_structures(
     index: str = ":",
     info_key: str = "",
 ) -> tuple[Structures, list]:
-    """Read and validate every image of the files (globs allowed).
+    """Read and validate every image of the files (globs allowed), in one process.
 
     Returns the Structures (elements sorted by symbol, or the given ``elements``) and, per
     image, ``atoms.info[info_key]`` (None where absent) when ``info_key`` is set.
     """
     from .prepare import is_hdf5, read_hdf5
 
-    species_l, pos_l, cells, pbcs, nat, energies, forces_l, sources, tags = [], [], [], [], [], [], [], [], []
-    symbols_l = []
+    parts, tags = [], []
     for path in expand_paths(patterns):
         if is_hdf5(path):
             s, t = read_hdf5(path, need_forces=need_forces, elements=elements, info_key=info_key)
-            symbols_l.append(np.asarray(s.elements)[s.species])
-            pos_l.append(s.positions)
-            cells.extend(s.cells)
-            pbcs.extend(s.pbc)
-            nat.extend(s.n_atoms)
-            energies.extend(s.energy)
-            if need_forces:
-                forces_l.append(s.forces)
-            sources.extend(s.sources)
-            tags.extend(t)
-            continue
-        for k, atoms in enumerate(_read_file(path, index)):
-            src = f"{path}: image {k}"
-            e, f = check_image(atoms, src, need_forces, elements)
-            symbols_l.append(np.asarray(atoms.get_chemical_symbols()))
-            pos_l.append(atoms.get_positions())
-            cells.append(atoms.cell.array.copy())
-            pbcs.append(atoms.pbc.copy())
-            nat.append(len(atoms))
-            energies.append(e)
-            if need_forces:
-                forces_l.append(f)
-            sources.append(src)
-            tags.append(atoms.info.get(info_key) if info_key else None)
-    symbols = np.concatenate(symbols_l)
-    els = tuple(sorted(set(symbols.tolist()))) if elements is None else tuple(elements)
-    uniq, inv = np.unique(symbols, return_inverse=True)
-    species = np.array([els.index(u) for u in uniq], np.int64)[inv]
-    ptr = np.zeros(len(nat) + 1, np.int64)
-    np.cumsum(nat, out=ptr[1:])
-    st = Structures(
-        els,
-        species,
-        np.concatenate(pos_l),
-        np.array(cells, float).reshape(-1, 3, 3),
-        np.array(pbcs, bool).reshape(-1, 3),
-        ptr,
-        np.array(energies, float),
-        np.concatenate(forces_l) if need_forces else None,
-        sources,
-    )
-    return st, tags
+        else:
+            images = _read_file(path, index)
+            s = atoms_to_structures([(a, f"{path}: image {k}") for k, a in enumerate(images)], need_forces, elements)
+            t = [a.info.get(info_key) if info_key else None for a in images]
+        parts.append(s)
+        tags.extend(t)
+    els = elements or tuple(sorted(set().union(*(p.elements for p in parts))))
+    return concat_structures(parts, els), tags
 
 
 TRAIN_TAGS = {"train", "training"}

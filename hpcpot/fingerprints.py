@@ -473,7 +473,7 @@ def compute_fingerprints(
     sf: SymmetryFunctions,
     with_derivs: bool = True,
     dtype=np.float64,
-    chunk_pairs: int = 2_000_000,
+    chunk_pairs: int = 300_000,
     progress=None,
 ) -> tuple[np.ndarray, DerivativeBlocks | None]:
     """Fingerprints of every atom of ``st`` (a :class:`hpcpot.data.Structures`).

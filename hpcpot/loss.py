@@ -114,7 +114,7 @@ class ShardProblem:
         self.energy = st.energy
         self.atom_ptr = st.atom_ptr
         self.species = st.species
-        self.forces = st.forces
+        self.forces = st.forces if st.forces is not None else np.zeros((len(st.species), 3))
         ne = len(layout.elements)
         rng = gmax - gmin
         factor = np.where(rng > 0, 2.0 / np.where(rng > 0, rng, 1.0), 0.0)
@@ -155,7 +155,7 @@ class ShardProblem:
         Also sets ``self.last_max = (max |r_E| eV/atom, max |ΔF| eV/Å)`` for this shard.
         """
         lay = self.layout
-        buf = np.zeros(self.buffer_size) if out is None else out
+        buf = np.zeros(self.buffer_size if with_grad else N_HEAD) if out is None else out
         buf[:] = 0.0
         ne = len(lay.elements)
         Ehat = np.zeros(self.n_images)
@@ -166,9 +166,9 @@ class ShardProblem:
                 continue
             layers = lay.unpack(params, e)
             slope, intercept = lay.slope_intercept(params, e)
-            out_e, acts = forward(layers, self.X[e], lay.activation)
-            Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
-            passes.append((layers, acts, out_e, slope))
+            ps = forward(layers, self.X[e], lay.activation, need_d2=self.with_forces and with_grad)
+            Ehat += np.bincount(self.img[e], weights=slope * ps.out + intercept, minlength=self.n_images)
+            passes.append((layers, ps, slope))
         rE = (Ehat - self.energy) / self.natoms
         loss = 0.5 * float(rE @ rE)
         buf[1] = rE @ rE
@@ -180,9 +180,9 @@ class ShardProblem:
             for e in range(ne):
                 if passes[e] is None:
                     continue
-                layers, acts, _, slope = passes[e]
+                layers, ps, slope = passes[e]
                 r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
-                self.g[r0:r1, : lay.n_inputs[e]] = slope * input_gradient(layers, acts, lay.activation)
+                self.g[r0:r1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
             self.v[:] = 0.0
             b = self.blocks
             sq = np.empty(self.n_images)
@@ -205,19 +205,19 @@ class ShardProblem:
         for e in range(ne):
             if passes[e] is None:
                 continue
-            layers, acts, out_e, slope = passes[e]
+            layers, ps, slope = passes[e]
             wE_atom = wE[self.img[e]]
             v = None
             if do_forces:
                 r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
                 v = self.v[r0:r1, : lay.n_inputs[e]]
-            grads, outdot = parameter_gradient(layers, acts, lay.activation, slope * wE_atom, v, -slope)
+            grads, outdot = parameter_gradient(layers, ps, slope * wE_atom, v, -slope)
             gl = lay.unpack(grad, e)
             for (gW, gb), (dW, db) in zip(gl, grads, strict=True):
                 gW += dW
                 gb += db
             k = lay.scaling_offset + 2 * e
-            grad[k] += wE_atom @ out_e - (outdot.sum() if outdot is not None else 0.0)
+            grad[k] += wE_atom @ ps.out - (outdot.sum() if outdot is not None else 0.0)
             grad[k + 1] += wE_atom.sum()
         return buf
 
@@ -229,6 +229,32 @@ class ShardProblem:
             if len(self.X[e]) == 0:
                 continue
             slope, intercept = lay.slope_intercept(params, e)
-            out_e, _ = forward(lay.unpack(params, e), self.X[e], lay.activation)
-            Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
+            ps = forward(lay.unpack(params, e), self.X[e], lay.activation)
+            Ehat += np.bincount(self.img[e], weights=slope * ps.out + intercept, minlength=self.n_images)
         return Ehat
+
+    def predict(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Ê per image (eV) and F̂ per atom (eV/Å, None without derivatives)."""
+        Ehat = self.predict_energies(params)
+        if not self.with_forces:
+            return Ehat, None
+        lay = self.layout
+        for e in range(len(lay.elements)):
+            if len(self.X[e]) == 0:
+                continue
+            layers = lay.unpack(params, e)
+            slope, _ = lay.slope_intercept(params, e)
+            ps = forward(layers, self.X[e], lay.activation)
+            r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
+            self.g[r0:r1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
+        b = self.blocks
+        zero = np.zeros_like(self.Fhat)
+        ones = np.ones(self.n_images)
+        sq, mx = np.empty(self.n_images), np.empty(self.n_images)
+        # with F_ref = 0 and weight 1 the kernel leaves F̂ itself in Fhat
+        _force_kernel(
+            b.image_ptr, self.atom_ptr, b.centre, b.partner, b.kind, b.ptr, b.values,
+            self.species, self.row, self.sub_idx, self.sub_len, self.g, zero, ones,
+            self.Fhat, self.v, sq, mx,
+        )  # fmt: skip
+        return Ehat, self.Fhat.copy()

@@ -86,20 +86,28 @@ def initial_parameters(layout: Layout, slope: np.ndarray, intercept: np.ndarray,
     return p
 
 
-def activation_derivs(a: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def activation_derivs(a: np.ndarray, kind: str, need_d2: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """(f'(z), f''(z)) expressed through the activation value a = f(z)."""
     if kind == "tanh":
-        d1 = 1.0 - a * a
-        return d1, -2.0 * a * d1
+        d1 = a * a
+        np.subtract(1.0, d1, out=d1)
+        return d1, (-2.0 * a * d1 if need_d2 else None)
     if kind == "sigmoid":
         d1 = a * (1.0 - a)
-        return d1, d1 * (1.0 - 2.0 * a)
-    return np.ones_like(a), np.zeros_like(a)
+        return d1, (d1 * (1.0 - 2.0 * a) if need_d2 else None)
+    return np.ones_like(a), (np.zeros_like(a) if need_d2 else None)
 
 
 def activate(z: np.ndarray, kind: str) -> np.ndarray:
+    """f(z), in place.  tanh as 1 − 2/(exp(2z) + 1): numpy's float64 exp is ~2x faster than
+    its tanh on this AVX2 machine (measured: 4.8 vs 9.8 ms for 720k values)."""
     if kind == "tanh":
-        return np.tanh(z, out=z)
+        np.multiply(z, 2.0, out=z)
+        np.exp(z, out=z)
+        z += 1.0
+        np.divide(-2.0, z, out=z)
+        z += 1.0
+        return z
     if kind == "sigmoid":
         np.negative(z, out=z)
         np.exp(z, out=z)
@@ -108,45 +116,56 @@ def activate(z: np.ndarray, kind: str) -> np.ndarray:
     return z
 
 
-def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, kind: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Network output (n,) and the activations [x, a_1, ..., a_L] of the hidden layers."""
+@dataclass
+class Pass:
+    """One forward pass: activations [x, a_1, ..., a_L], f'(z_l) and (if asked) f''(z_l)."""
+
+    out: np.ndarray  # (n,)
+    acts: list[np.ndarray]
+    d1: list[np.ndarray]
+    d2: list[np.ndarray] | None
+
+
+def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, kind: str, need_d2: bool = False) -> Pass:
+    """Network outputs (n,) for rows x (n, n_in), keeping what the backward passes need."""
     acts = [x]
+    d1s, d2s = [], []
     a = x
     for W, b in layers[:-1]:
         z = a @ W.T
         z += b
         a = activate(z, kind)
         acts.append(a)
+        d1, d2 = activation_derivs(a, kind, need_d2)
+        d1s.append(d1)
+        d2s.append(d2)
     W, b = layers[-1]
-    return (a @ W[0]) + b[0], acts
+    return Pass((a @ W[0]) + b[0], acts, d1s, d2s if need_d2 else None)
 
 
-def input_gradient(layers, acts: list[np.ndarray], kind: str) -> np.ndarray:
+def input_gradient(layers, ps: Pass) -> np.ndarray:
     """d output / d x for every row, shape (n, n_in)."""
-    abar = np.broadcast_to(layers[-1][0], (acts[0].shape[0], layers[-1][0].shape[1]))
-    for (W, _b), a in zip(reversed(layers[:-1]), reversed(acts[1:]), strict=True):
-        d1, _ = activation_derivs(a, kind)
-        abar = (abar * d1) @ W
-    return abar
+    abar = ps.d1[-1] * layers[-1][0]
+    for k in range(len(layers) - 2, 0, -1):
+        abar = (abar @ layers[k][0]) * ps.d1[k - 1]
+    return abar @ layers[0][0]
 
 
 def parameter_gradient(
-    layers, acts: list[np.ndarray], kind: str, obar: np.ndarray, v: np.ndarray | None, tbar: float
+    layers, ps: Pass, obar: np.ndarray, v: np.ndarray | None, tbar: float
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray | None]:
     """Gradient of S = Σ_n obar_n out_n + tbar Σ_n (∇_x out_n · v_n) w.r.t. every (W, b).
 
     The second term (forces) is a forward-mode (tangent) pass along v followed by one
     reverse pass through both the primal and the tangent: no per-parameter Jacobian is ever
-    formed.  Returns the per-layer (dW, db) and the tangent outputs ∇_x out_n · v_n (or None).
+    formed.  ``ps`` must come from ``forward(..., need_d2=v is not None)``.  Returns the
+    per-layer (dW, db) and the tangent outputs ∇_x out_n · v_n (or None).
     """
     nl = len(layers)
-    d1s, d2s = [], []
-    for a in acts[1:]:
-        d1, d2 = activation_derivs(a, kind)
-        d1s.append(d1)
-        d2s.append(d2)
+    acts, d1s, d2s = ps.acts, ps.d1, ps.d2
     tang = None
     zdots: list[np.ndarray] = []
+    outdot = None
     if v is not None:
         tang = [v]
         t = v
@@ -156,8 +175,6 @@ def parameter_gradient(
             t = d1s[k] * zd
             tang.append(t)
         outdot = t @ layers[-1][0][0]
-    else:
-        outdot = None
     grads: list[tuple[np.ndarray, np.ndarray]] = [None] * nl  # type: ignore[list-item]
     Wout = layers[-1][0]
     dW = (obar @ acts[-1])[None, :]
@@ -165,7 +182,7 @@ def parameter_gradient(
         dW = dW + tbar * tang[-1].sum(axis=0)[None, :]
     grads[-1] = (dW, np.array([obar.sum()]))
     abar = obar[:, None] * Wout  # (n, h)
-    tdbar = None if tang is None else np.broadcast_to(tbar * Wout, abar.shape)
+    tdbar = None if tang is None else tbar * Wout  # (1, h), broadcasts over rows
     for k in range(nl - 2, -1, -1):
         W = layers[k][0]
         zbar = d1s[k] * abar

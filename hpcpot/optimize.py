@@ -1,0 +1,174 @@
+"""Gradient-based optimisation on rank 0 with scipy (L-BFGS-B or BFGS).
+
+The objective is whatever ``evaluate(params) -> buffer`` returns (reduced over all ranks by
+the MPI layer).  Convergence follows Amp: the run stops when every criterion that is set
+holds (energy RMSE in eV/atom, force RMSE in eV/Å, optional max residuals), or after
+``max_iterations``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.optimize
+
+from .config import Config
+from .loss import N_HEAD
+
+
+@dataclass
+class Stats:
+    loss: float
+    energy_rmse: float  # eV/atom
+    force_rmse: float  # eV/Å (nan without forces)
+    energy_max: float = math.nan  # eV/atom
+    force_max: float = math.nan  # eV/Å
+
+    @classmethod
+    def from_buffer(cls, buf: np.ndarray, maxes: tuple[float, float] | None = None) -> Stats:
+        e = math.sqrt(buf[1] / buf[2]) if buf[2] > 0 else math.nan
+        f = math.sqrt(buf[3] / buf[4]) if buf[4] > 0 else math.nan
+        s = cls(float(buf[0]), e, f)
+        if maxes is not None:
+            s.energy_max, s.force_max = maxes
+        return s
+
+
+def converged(s: Stats, cfg: Config, with_forces: bool) -> tuple[bool, str]:
+    """(all set criteria met, a short description of each)."""
+    c = cfg.convergence
+    checks = []
+    if c.energy_rmse > 0:
+        checks.append((s.energy_rmse <= c.energy_rmse, f"energy RMSE {s.energy_rmse:.4g} <= {c.energy_rmse:g} eV/atom"))
+    if c.force_rmse > 0 and with_forces:
+        checks.append((s.force_rmse <= c.force_rmse, f"force RMSE {s.force_rmse:.4g} <= {c.force_rmse:g} eV/Å"))
+    if c.energy_maxresid > 0:
+        checks.append((s.energy_max <= c.energy_maxresid, f"max energy residual {s.energy_max:.4g} <= {c.energy_maxresid:g} eV/atom"))
+    if c.force_maxresid > 0 and with_forces:
+        checks.append((s.force_max <= c.force_maxresid, f"max force residual {s.force_max:.4g} <= {c.force_maxresid:g} eV/Å"))
+    if not checks:
+        return False, "no criterion set"
+    return all(ok for ok, _ in checks), "; ".join(t.replace("<=", "<=" if ok else ">") for ok, t in checks)
+
+
+class Interrupted(Exception):
+    """A signal asked the run to stop (after a checkpoint)."""
+
+
+@dataclass
+class Result:
+    params: np.ndarray
+    iterations: int
+    converged: bool
+    message: str
+    stats: Stats
+
+
+class LogWriter:
+    """The human log (stdout, line-flushed) and ``log.jsonl`` (one object per iteration)."""
+
+    def __init__(self, path: str | None, print_fn: Callable[[str], None] = print):
+        self.fh = open(path, "a", buffering=1) if path else None  # noqa: SIM115 - lives for the run
+        self.print = print_fn
+
+    def record(self, rec: dict) -> None:
+        if self.fh:
+            self.fh.write(json.dumps(rec) + "\n")
+            self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+
+
+def run_optimizer(
+    evaluate: Callable[..., np.ndarray],
+    x0: np.ndarray,
+    cfg: Config,
+    with_forces: bool,
+    log: LogWriter,
+    start_iteration: int = 0,
+    elapsed0: float = 0.0,
+    validate: Callable[[np.ndarray], Stats] | None = None,
+    on_iteration: Callable[[int, np.ndarray, float], None] | None = None,
+) -> Result:
+    """Minimise with scipy; ``evaluate(x, want_max)`` returns the reduced buffer.
+
+    ``on_iteration(iteration, x, elapsed)`` runs after each accepted step (checkpoints,
+    signal checks: it may raise :class:`Interrupted`).
+    """
+    c = cfg.convergence
+    want_max = c.energy_maxresid > 0 or c.force_maxresid > 0
+    last: dict = {}
+    t_start = time.perf_counter() - elapsed0
+    state = {"it": start_iteration, "stats": None, "x": x0.copy(), "conv": False, "msg": ""}
+
+    def fun(x):
+        buf = evaluate(x, want_max)
+        loss = float(buf[0])
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss is {loss} at iteration {state['it']}: check the data and the learning setup")
+        last["x"] = x.copy()
+        last["stats"] = Stats.from_buffer(buf, getattr(evaluate, "last_max", None) if want_max else None)
+        return loss, buf[N_HEAD:].copy()
+
+    remaining = max(0, cfg.optimizer.max_iterations - start_iteration)
+
+    def callback(intermediate_result):
+        x = intermediate_result.x
+        if "x" not in last or not np.array_equal(last["x"], x):
+            fun(x)  # rare: the accepted point was not the last evaluated one
+        s = last["stats"]
+        state["it"] += 1
+        it = state["it"]
+        state["stats"], state["x"] = s, x.copy()
+        elapsed = time.perf_counter() - t_start
+        rec = {"iteration": it, "loss": s.loss, "energy_rmse": s.energy_rmse,
+               "force_rmse": s.force_rmse if with_forces else None, "elapsed": round(elapsed, 4)}  # fmt: skip
+        line = f"iter {it:6d}  loss {s.loss:.6e}  E_rmse {s.energy_rmse * 1000:9.3f} meV/atom"
+        if with_forces:
+            line += f"  F_rmse {s.force_rmse:8.4f} eV/Å"
+        vs = None
+        if validate is not None and (it % max(1, cfg.output.validate_every) == 0 or c.on == "validation"):
+            vs = validate(x)
+            rec["val_energy_rmse"] = vs.energy_rmse
+            rec["val_force_rmse"] = vs.force_rmse if with_forces else None
+            line += f"  | val E {vs.energy_rmse * 1000:.3f} meV/atom"
+            if with_forces:
+                line += f" F {vs.force_rmse:.4f} eV/Å"
+        log.print(line + f"  {elapsed:8.1f} s")
+        log.record(rec)
+        if on_iteration is not None:
+            on_iteration(it, x, elapsed)
+        ok, msg = converged(vs if (c.on == "validation" and vs is not None) else s, cfg, with_forces)
+        if ok:
+            state["conv"], state["msg"] = True, msg
+            raise StopIteration
+        state["msg"] = msg
+
+    if remaining == 0:
+        buf = evaluate(x0, want_max)
+        s = Stats.from_buffer(buf)
+        ok, msg = converged(s, cfg, with_forces)
+        return Result(x0, start_iteration, ok, "max_iterations reached before start: " + msg, s)
+    if cfg.optimizer.method == "lbfgsb":
+        opts = {"maxiter": remaining, "maxcor": cfg.optimizer.history, "ftol": 1e-15, "gtol": 1e-12, "maxfun": 10 * remaining + 100}
+        method = "L-BFGS-B"
+    else:
+        opts = {"maxiter": remaining, "gtol": 1e-12}
+        method = "BFGS"
+    res = scipy.optimize.minimize(fun, x0, jac=True, method=method, callback=callback, options=opts)
+    x = state["x"] if state["stats"] is not None else res.x
+    if state["stats"] is None:
+        fun(x)
+        state["stats"] = last["stats"]
+    if state["conv"]:
+        msg = f"converged after {state['it']} iterations: {state['msg']}"
+    else:
+        msg = f"not converged after {state['it']} iterations ({res.message}); {state['msg']}"
+    return Result(x, state["it"], state["conv"], msg, state["stats"])

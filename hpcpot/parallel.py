@@ -1,0 +1,263 @@
+"""The only module that knows about MPI: the communicator, collectives and the worker loop.
+
+:func:`world` returns an :class:`MPIComm` under ``mpirun``/``srun`` and a :class:`SerialComm`
+with the same methods otherwise (no launcher, or mpi4py not importable), so nothing else
+checks for MPI.  Collectives on numpy arrays use mpi4py's buffer interface (no pickling).
+
+Failure policy: an exception on any rank prints one message from that rank and calls
+``Abort`` so that no rank is left waiting in a collective (see :func:`run_guarded`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .loss import N_HEAD
+
+
+class SerialComm:
+    """Stand-in communicator for one process: every collective is the identity."""
+
+    rank = 0
+    size = 1
+    library = "none (serial)"
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+    def Bcast(self, arr: np.ndarray, root: int = 0) -> None:
+        pass
+
+    def allreduce_sum(self, arr: np.ndarray) -> np.ndarray:
+        return arr
+
+    def allreduce_min(self, arr: np.ndarray) -> np.ndarray:
+        return arr
+
+    def allreduce_max(self, arr: np.ndarray) -> np.ndarray:
+        return arr
+
+    def allgather(self, obj: Any) -> list:
+        return [obj]
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int = 1) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    def hosts(self) -> list[str]:
+        return [socket.gethostname()]
+
+
+class MPIComm(SerialComm):
+    """Thin wrapper of an mpi4py communicator."""
+
+    def __init__(self, comm):
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.library = MPI.Get_library_version().splitlines()[0].strip()
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return self.comm.bcast(obj, root=root)
+
+    def Bcast(self, arr: np.ndarray, root: int = 0) -> None:
+        self.comm.Bcast(arr, root=root)
+
+    def _allreduce(self, arr: np.ndarray, op) -> np.ndarray:
+        if arr.ndim == 0:
+            out = np.array(arr)
+            self.comm.Allreduce(self._MPI.IN_PLACE, out, op=op)
+            return out
+        self.comm.Allreduce(self._MPI.IN_PLACE, arr, op=op)
+        return arr
+
+    def allreduce_sum(self, arr: np.ndarray) -> np.ndarray:
+        return self._allreduce(arr, self._MPI.SUM)
+
+    def allreduce_min(self, arr: np.ndarray) -> np.ndarray:
+        return self._allreduce(arr, self._MPI.MIN)
+
+    def allreduce_max(self, arr: np.ndarray) -> np.ndarray:
+        return self._allreduce(arr, self._MPI.MAX)
+
+    def allgather(self, obj: Any) -> list:
+        return self.comm.allgather(obj)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+    def hosts(self) -> list[str]:
+        return self.comm.allgather(socket.gethostname())
+
+
+_LAUNCH_VARS = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "HYDRA_CONTROL_FD", "MPI_LOCALNRANKS")
+
+
+def world() -> SerialComm:
+    """The world communicator: MPI when started by a launcher and mpi4py imports, else serial."""
+    if os.environ.get("HPCPOT_SERIAL") == "1":
+        return SerialComm()
+    if not any(v in os.environ for v in _LAUNCH_VARS):
+        return SerialComm()  # plain `python -m ...`: don't pay for MPI_Init
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        print("warning: started by an MPI launcher but mpi4py cannot be imported; running serially",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return SerialComm()
+    comm = MPIComm(MPI.COMM_WORLD)
+    return comm if comm.size > 1 else SerialComm()
+
+
+class GlobalError(Exception):
+    """An error every rank meets identically (bad config, reduced memory forecast): only
+    rank 0 reports it and every rank exits cleanly, without Abort."""
+
+
+def run_guarded(comm: SerialComm, main: Callable[[], int]) -> int:
+    """Run ``main`` on this rank; any exception ends every rank with a non-zero exit code.
+
+    A :class:`GlobalError` is printed by rank 0 only.  Anything else is printed by the rank
+    that hit it (with its rank number when size > 1) and followed by ``Abort``, which kills
+    ranks that may be blocked in a collective.
+    """
+    try:
+        return main()
+    except GlobalError as exc:
+        if comm.rank == 0:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{_who(comm)}interrupted", file=sys.stderr, flush=True)
+        comm.abort(130)
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - the whole point is to catch everything
+        from .config import ConfigError
+        from .data import DataError
+
+        if isinstance(exc, SystemExit):
+            raise
+        if isinstance(exc, ConfigError | DataError):
+            msg = f"{_who(comm)}error: {exc}"
+        else:
+            msg = f"{_who(comm)}error: {type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc())
+        print(msg, file=sys.stderr, flush=True)
+        comm.abort(1)
+        return 1
+
+
+def _who(comm: SerialComm) -> str:
+    return f"[rank {comm.rank}] " if comm.size > 1 else ""
+
+
+# ---------------------------------------------------------------- evaluation service
+
+CMD_STOP = 0.0
+CMD_GRAD = 1.0  # train loss + gradient
+CMD_LOSS = 2.0  # train loss only
+CMD_VALID = 3.0  # validation loss/RMSE only
+FLAG_MAX = 10.0  # added to a command: also reduce the max residuals
+
+
+class Evaluator:
+    """Loss/gradient evaluations of the whole training set, in the mission's shape.
+
+    Rank 0 calls :meth:`evaluate`; every other rank sits in :meth:`serve`.  One evaluation
+    is one ``Bcast`` of ``[command, params...]`` and one in-place ``Allreduce`` of the packed
+    partial sums of :meth:`hpcpot.loss.ShardProblem.evaluate` (plus one 2-value MAX
+    reduction only when max residuals are asked for).
+    """
+
+    def __init__(self, comm: SerialComm, train, valid=None):
+        self.comm = comm
+        self.train = train
+        self.valid = valid
+        n = train.layout.n_params
+        self.cmd = np.zeros(1 + n)
+        self.buf = np.zeros(train.buffer_size)
+        self.timing = {"bcast": 0.0, "compute": 0.0, "allreduce": 0.0, "n": 0}
+
+    def _run(self, cmd: float) -> np.ndarray:
+        import time
+
+        base = cmd % FLAG_MAX
+        want_max = cmd >= FLAG_MAX
+        params = self.cmd[1:]
+        t1 = time.perf_counter()
+        if base == CMD_VALID:
+            prob, with_grad = self.valid, False
+        else:
+            prob, with_grad = self.train, base == CMD_GRAD
+        out = self.buf if with_grad else self.buf[:N_HEAD]
+        if prob is not None:
+            prob.evaluate(params, with_grad=with_grad, out=out)
+        else:
+            out[:] = 0.0
+        t2 = time.perf_counter()
+        self.comm.allreduce_sum(out)
+        t3 = time.perf_counter()
+        self.timing["compute"] += t2 - t1
+        self.timing["allreduce"] += t3 - t2
+        self.timing["n"] += 1
+        if want_max:
+            mx = np.array(prob.last_max if prob is not None else (0.0, 0.0))
+            self.comm.allreduce_max(mx)
+            self.last_max = (float(mx[0]), float(mx[1]))
+        return out
+
+    def evaluate(self, params: np.ndarray, cmd: float = CMD_GRAD, want_max: bool = False) -> np.ndarray:
+        """Rank 0: the reduced buffer ``[loss, ΣrE², n_img, ΣΔF², n_F, grad...]`` (a view)."""
+        import time
+
+        self.cmd[0] = cmd + (FLAG_MAX if want_max else 0.0)
+        self.cmd[1:] = params
+        t0 = time.perf_counter()
+        self.comm.Bcast(self.cmd)
+        self.timing["bcast"] += time.perf_counter() - t0
+        return self._run(self.cmd[0])
+
+    def serve(self) -> None:
+        """Ranks > 0: evaluate whatever rank 0 asks until it says stop."""
+        while True:
+            self.comm.Bcast(self.cmd)
+            if self.cmd[0] == CMD_STOP:
+                return
+            self._run(self.cmd[0])
+
+    def stop(self) -> None:
+        """Rank 0: release the workers."""
+        if self.comm.size > 1:
+            self.cmd[0] = CMD_STOP
+            self.comm.Bcast(self.cmd)
+
+
+class SignalFlag:
+    """Records SIGTERM/SIGUSR1/SIGINT instead of dying, so rank 0 can checkpoint first."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)):
+        self.received: int | None = None
+        for s in signals:
+            signal.signal(s, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.received = signum

@@ -1,0 +1,363 @@
+"""A training run from a validated config: data → fingerprints → scaling → optimiser → model.
+
+Works on any communicator from :mod:`hpcpot.parallel` (a serial run is one rank).  Only
+rank 0 prints (progress, one line per iteration) and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .config import Config
+from .data import Structures, concat_structures
+from .fingerprints import SymmetryFunctions, compute_fingerprints, neighbor_counts
+from .loss import ShardProblem
+from .model import Layout, initial_parameters
+from .modelfile import Model
+from .optimize import Interrupted, LogWriter, Stats, run_optimizer
+from .parallel import CMD_LOSS, CMD_VALID, Evaluator, GlobalError, SerialComm, SignalFlag
+from .shard import ImageSet, shard_indices, split_global
+
+
+def make_printer(comm: SerialComm):
+    """print() on rank 0 only, flushed line by line (no buffering surprises under srun)."""
+
+    def p(msg: str = "") -> None:
+        if comm.rank == 0:
+            print(msg, flush=True)
+
+    return p
+
+
+@dataclass
+class Setup:
+    sf: SymmetryFunctions
+    layout: Layout
+    train: ShardProblem
+    valid: ShardProblem | None
+    gmin: np.ndarray
+    gmax: np.ndarray
+    x0: np.ndarray
+    n_train: int
+    n_valid: int
+    data_digest: str
+
+
+def _progress(log, label: str, total: int, t0: float):
+    state = {"next": 0.1}
+
+    def cb(done: int) -> None:
+        if total and done / total >= state["next"] - 1e-12:
+            el = time.perf_counter() - t0
+            eta = el / done * (total - done)
+            log(f"  {label}: {done}/{total} images ({100 * done / total:.0f}%), {el:.1f} s elapsed, ~{eta:.1f} s left")
+            while state["next"] <= done / total:
+                state["next"] += 0.1
+
+    return cb
+
+
+def memory_forecast(st: Structures, sf: SymmetryFunctions, with_forces: bool, itemsize: int) -> float:
+    """Bytes this shard will hold for fingerprints, derivatives and evaluation buffers."""
+    na = len(st.species)
+    nm = sf.n_max
+    b = na * nm * 8 * 3  # G, scaled X, network temporaries (rough)
+    if with_forces:
+        pairs = neighbor_counts(st, sf.cutoff).sum()
+        _, sub_len = sf.block_tables()
+        per_pair = 3 * sub_len[:, :-1].max() * itemsize + 17  # upper bound: richest partner kind
+        b += pairs * per_pair + na * nm * 8 * 2 + na * 3 * 8 * 2
+    return float(b)
+
+
+def _node_memory_per_rank(comm: SerialComm) -> float:
+    hosts = comm.hosts()
+    here = hosts[comm.rank]
+    per_node = sum(h == here for h in hosts)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total / per_node
+
+
+def data_digest(comm: SerialComm, st_train: Structures, st_valid: Structures) -> str:
+    """A rank-count independent fingerprint of the data (sums reduced over ranks)."""
+    v = np.array([
+        st_train.n_images, st_train.energy.sum(), np.abs(st_train.positions).sum(), len(st_train.species),
+        st_valid.n_images, st_valid.energy.sum(), np.abs(st_valid.positions).sum(), len(st_valid.species),
+    ], float)  # fmt: skip
+    comm.allreduce_sum(v)
+    return "-".join(f"{x:.6e}" for x in v)
+
+
+def energy_scaling(comm: SerialComm, st: Structures, n_el: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element intercept (eV/atom, least squares on composition) and slope (eV).
+
+    Normal equations are reduced over ranks, so every rank gets the global answer."""
+    A = np.zeros((st.n_images, n_el))
+    img = np.repeat(np.arange(st.n_images), st.n_atoms)
+    np.add.at(A, (img, st.species), 1.0)
+    red = np.concatenate([(A.T @ A).ravel(), A.T @ st.energy, [st.n_images]])
+    comm.allreduce_sum(red)
+    ata = red[: n_el * n_el].reshape(n_el, n_el)
+    atb = red[n_el * n_el : n_el * n_el + n_el]
+    mu = np.linalg.pinv(ata) @ atb
+    r = (st.energy - A @ mu) / np.sqrt(np.maximum(st.n_atoms, 1))  # per-atom-energy spread
+    s = np.array([float(r @ r), float(st.n_images)])
+    comm.allreduce_sum(s)
+    slope = max(math.sqrt(s[0] / max(s[1], 1.0)), 0.01)
+    return np.full(n_el, slope), mu
+
+
+def build(comm: SerialComm, cfg: Config, log) -> Setup:
+    """Read this rank's shard, fingerprint it, and set up global scaling and parameters."""
+    t0 = time.perf_counter()
+    alpha = cfg.loss.force_coefficient
+    need_forces = alpha > 0
+    fp = cfg.fingerprints
+    images = ImageSet.open(cfg.data.train, cfg.data.index)
+    kinds = {s.kind for s in images.sources}
+    if "ase" in kinds and comm.size > 1:
+        log("note: every rank parses the non-indexable input files whole; "
+            "convert them once with `python -m hpcpot.prepare` for faster start-up")  # fmt: skip
+    if cfg.data.validation:
+        vimages = ImageSet.open(cfg.data.validation, cfg.data.index)
+        g_train, g_val = np.arange(images.n), np.arange(vimages.n)
+    else:
+        vimages = images
+        g_train, g_val = split_global(comm, images, cfg.data.validation_fraction, cfg.data.seed, cfg.data.split_key)
+    if len(g_train) == 0:
+        raise GlobalError("no training images after the train/validation split")
+    mine_t = shard_indices(comm, images, g_train, fp.cutoff)
+    mine_v = shard_indices(comm, vimages, g_val, fp.cutoff)
+    st_t = images.read(mine_t, need_forces)
+    st_v = vimages.read(mine_v, need_forces)
+    if cfg.model.elements:
+        els = tuple(sorted(cfg.model.elements))
+    else:
+        els = tuple(sorted(set().union(*comm.allgather(set(st_t.elements) | set(st_v.elements)))))
+    st_t = concat_structures([st_t], els)
+    st_v = concat_structures([st_v], els)
+    log(f"data: {len(g_train)} training and {len(g_val)} validation images, elements {', '.join(els)} "
+        f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    sf = SymmetryFunctions.from_config(fp, list(els))
+    itemsize = 4 if fp.storage == "float32" else 8
+    need = memory_forecast(st_t, sf, need_forces, itemsize) + memory_forecast(st_v, sf, need_forces, itemsize)
+    need_max = float(comm.allreduce_max(np.array(need)))
+    limit = cfg.parallel.memory_per_rank * 2**30 if cfg.parallel.memory_per_rank > 0 else _node_memory_per_rank(comm)
+    limit = float(comm.allreduce_min(np.array(limit)))
+    log(f"memory forecast: {need_max / 2**30:.3f} GiB on the busiest rank "
+        f"(limit {limit / 2**30:.2f} GiB per rank; derivatives stored as {fp.storage})")  # fmt: skip
+    if need_max > limit:
+        raise GlobalError(
+            f"the run needs ~{need_max / 2**30:.2f} GiB per rank but {limit / 2**30:.2f} GiB are available: "
+            "use more ranks (or nodes), [fingerprints] storage = \"float32\", or raise [parallel] memory_per_rank"
+        )
+    t1 = time.perf_counter()
+    dtype = np.float32 if fp.storage == "float32" else np.float64
+    G_t, b_t = compute_fingerprints(st_t, sf, need_forces, dtype, progress=_progress(log, "fingerprints (rank 0 shard)", st_t.n_images, t1))
+    G_v, b_v = compute_fingerprints(st_v, sf, need_forces, dtype)
+    t2 = time.perf_counter()
+    nb = np.array(float(b_t.nbytes if b_t is not None else 0))
+    comm.allreduce_sum(nb)
+    log(f"fingerprints{' and derivatives' if need_forces else ''}: {t2 - t1:.1f} s, "
+        f"{float(nb) / 2**20:.1f} MiB of derivatives in total")  # fmt: skip
+    ne, nm = len(els), sf.n_max
+    gmin = np.full((ne, nm), np.inf)
+    gmax = np.full((ne, nm), -np.inf)
+    for e in range(ne):
+        sel = st_t.species == e
+        if sel.any():
+            gmin[e] = G_t[sel].min(axis=0)
+            gmax[e] = G_t[sel].max(axis=0)
+    comm.allreduce_min(gmin)
+    comm.allreduce_max(gmax)
+    missing = [els[e] for e in range(ne) if not np.isfinite(gmin[e, 0])]
+    if missing:
+        raise GlobalError(f"element(s) {', '.join(missing)} have no atoms in the training set")
+    layout = Layout(els, tuple(int(n) for n in sf.n_functions), tuple(cfg.model.hidden), cfg.model.activation)
+    slope, intercept = energy_scaling(comm, st_t, ne)
+    x0 = initial_parameters(layout, slope, intercept, cfg.model.seed)
+    tables = sf.block_tables()
+    train = ShardProblem(st_t, G_t, b_t, layout, gmin, gmax, tables, alpha)
+    n_val = len(g_val)
+    valid = ShardProblem(st_v, G_v, b_v, layout, gmin, gmax, tables, alpha) if n_val else None
+    digest = data_digest(comm, st_t, st_v)
+    return Setup(sf, layout, train, valid, gmin, gmax, x0, len(g_train), n_val, digest)
+
+
+def print_header(comm: SerialComm, cfg: Config, log) -> None:
+    import ase
+    import numba
+    import scipy
+
+    from . import __version__
+
+    try:
+        import mpi4py
+
+        mv = mpi4py.__version__
+    except ImportError:
+        mv = "not installed"
+    hosts = comm.hosts()
+    uniq = sorted(set(hosts))
+    log(f"hpcpot {__version__}  python {sys.version.split()[0]}  numpy {np.__version__}  scipy {scipy.__version__}  "
+        f"numba {numba.__version__}  ase {ase.__version__}  mpi4py {mv}")  # fmt: skip
+    log(f"MPI: {comm.library}; {comm.size} rank(s) on {len(uniq)} host(s): "
+        + ", ".join(f"{h} ({hosts.count(h)})" for h in uniq))
+    log(f"config {cfg.path}, resolved:")
+    for sec, vals in cfg.to_dict().items():
+        log(f"  [{sec}] " + json.dumps(vals))
+
+
+def prepare_output(cfg: Config, restart: bool, overwrite: bool) -> None:
+    """Refuse to clobber a previous run; with overwrite, move it aside (nothing is deleted)."""
+    d = cfg.output.dir
+    model = os.path.join(d, "model.json")
+    previous = [f for f in ("model.json", "log.jsonl") if os.path.exists(os.path.join(d, f))] + (
+        ["checkpoints/"] if os.path.isdir(os.path.join(d, "checkpoints")) else []
+    )
+    if restart:
+        if not os.path.isdir(os.path.join(d, "checkpoints")):
+            raise GlobalError(f"--restart: no checkpoints in {d}/checkpoints")
+        return
+    if previous and not (overwrite or cfg.output.overwrite):
+        raise GlobalError(
+            f"{d} already holds a run ({', '.join(previous)}): pass --restart to continue it, "
+            f"or --overwrite to start over (the old files are moved to {d}/previous-<time>/)"
+        )
+    if previous:
+        keep = os.path.join(d, time.strftime("previous-%Y%m%d-%H%M%S"))
+        os.makedirs(keep)
+        for f in previous:
+            shutil.move(os.path.join(d, f.rstrip("/")), keep)
+    os.makedirs(d, exist_ok=True)
+    _ = model
+
+
+def train(comm: SerialComm, cfg: Config, restart: bool = False, overwrite: bool = False) -> int:
+    """The whole run.  Returns the process exit code."""
+    log = make_printer(comm)
+    flag = SignalFlag()
+    t_run = time.perf_counter()
+    if comm.rank == 0:
+        prepare_output(cfg, restart, overwrite)
+    comm.barrier()
+    print_header(comm, cfg, log)
+    setup = build(comm, cfg, log)
+    with_forces = setup.train.with_forces
+    ev = Evaluator(comm, setup.train, setup.valid)
+    if comm.rank != 0:
+        ev.serve()
+        return 0
+    try:
+        return _drive(comm, cfg, setup, ev, log, flag, restart, t_run, with_forces)
+    finally:
+        ev.stop()
+
+
+def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag, restart: bool, t_run: float, with_forces: bool) -> int:
+    from .anneal import anneal
+
+    out = cfg.output.dir
+    ck_dir = os.path.join(out, "checkpoints")
+    cdig = cfg.digest()
+    x = setup.x0
+    it0, elapsed0, stage = 0, 0.0, "anneal" if cfg.anneal.enabled else "optimize"
+    anneal_state = None
+    if restart:
+        ck = ckpt.latest(ck_dir, log)
+        if ck is None:
+            raise GlobalError(f"--restart: no valid checkpoint in {ck_dir}")
+        if ck.config_digest != cdig:
+            raise GlobalError(f"--restart: the checkpoint in {ck_dir} was made with a different config "
+                              "([data], [fingerprints], [model] or [loss] changed); refusing to resume")  # fmt: skip
+        if ck.data_digest != setup.data_digest:
+            raise GlobalError(f"--restart: the checkpoint in {ck_dir} was made on different data; refusing to resume")
+        if len(ck.params) != setup.layout.n_params:
+            raise GlobalError(f"--restart: checkpoint has {len(ck.params)} parameters, the model {setup.layout.n_params}")
+        x, it0, elapsed0, stage = ck.params, ck.iteration, ck.elapsed, ck.stage
+        anneal_state = ck if stage == "anneal" else None
+        log(f"restart: resuming stage '{stage}' at iteration {it0} from {ck_dir}")
+        if stage == "done":
+            log("the checkpointed run had already finished; nothing to do")
+            return 0
+    logw = LogWriter(os.path.join(out, "log.jsonl"), log)
+    t0 = time.perf_counter() - elapsed0
+
+    def save(stage_: str, it: int, params: np.ndarray, extra=None, arrays=None) -> str:
+        return ckpt.save(ck_dir, ckpt.Checkpoint(stage_, it, params, cdig, setup.data_digest,
+                                                 time.perf_counter() - t0, extra or {}, arrays or {}),
+                         keep=cfg.checkpoint.keep)  # fmt: skip
+
+    def check_signal(stage_: str, it: int, params: np.ndarray, extra=None, arrays=None) -> None:
+        if flag.received is not None:
+            path = save(stage_, it, params, extra, arrays)
+            raise Interrupted(f"signal {flag.received}: checkpoint written to {path}")
+
+    def loss_only(p: np.ndarray) -> float:
+        return float(ev.evaluate(p, CMD_LOSS)[0])
+
+    try:
+        if stage == "anneal":
+            x = anneal(loss_only, x, cfg.anneal, log, resume=anneal_state,
+                       on_update=lambda step, extra, arrays: check_signal("anneal", step, arrays["best"], extra, arrays),
+                       checkpoint_every=cfg.checkpoint.every,
+                       save=lambda step, extra, arrays: save("anneal", step, arrays["best"], extra, arrays))  # fmt: skip
+            it0 = 0
+            save("optimize", 0, x)
+
+        def evaluate(p, want_max=False):
+            buf = ev.evaluate(p, want_max=want_max)
+            evaluate.last_max = getattr(ev, "last_max", None)
+            return buf
+
+        def validate(p):
+            if setup.valid is None:
+                return None
+            return Stats.from_buffer(ev.evaluate(p, CMD_VALID))
+
+        def on_iteration(it, p, elapsed):
+            if cfg.checkpoint.every and it % cfg.checkpoint.every == 0:
+                save("optimize", it, p, {"elapsed": elapsed})
+            check_signal("optimize", it, p)
+
+        log(f"optimizer: {cfg.optimizer.method}, up to {cfg.optimizer.max_iterations} iterations, "
+            f"{setup.layout.n_params} parameters")  # fmt: skip
+        res = run_optimizer(evaluate, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
+                            validate if setup.valid is not None else None, on_iteration)  # fmt: skip
+    except Interrupted as exc:
+        log(f"stopped: {exc}; resume with --restart")
+        _write_status(out, "interrupted", str(exc))
+        logw.close()
+        return 0
+    save("done", res.iterations, res.params)
+    model = Model(setup.sf, setup.layout, res.params, setup.gmin, setup.gmax)
+    path = os.path.join(out, "model.json")
+    model.save(path, overwrite=True)  # prepare_output already protected any earlier model
+    vs = validate(res.params) if setup.valid is not None else None
+    summary = f"{'CONVERGED' if res.converged else 'NOT CONVERGED'}: {res.message}"
+    log(summary)
+    s = res.stats
+    log(f"final train: E_rmse {s.energy_rmse * 1000:.3f} meV/atom" + (f", F_rmse {s.force_rmse:.4f} eV/Å" if with_forces else ""))
+    if vs is not None:
+        log(f"final validation: E_rmse {vs.energy_rmse * 1000:.3f} meV/atom" + (f", F_rmse {vs.force_rmse:.4f} eV/Å" if with_forces else ""))
+    t = ev.timing
+    log(f"model written to {path}; wall time {time.perf_counter() - t_run:.1f} s, "
+        f"{t['n']} evaluations, {1000 * t['compute'] / max(t['n'], 1):.1f} ms compute per evaluation")  # fmt: skip
+    _write_status(out, "converged" if res.converged else "not_converged", summary,
+                  {"train": vars(s), "validation": vars(vs) if vs else None})  # fmt: skip
+    logw.close()
+    return 0
+
+
+def _write_status(out: str, state: str, message: str, stats=None) -> None:
+    blob = json.dumps({"state": state, "message": message, "stats": stats}, indent=1).encode()
+    ckpt.atomic_write_bytes(os.path.join(out, "status.json"), lambda fh: fh.write(blob))
