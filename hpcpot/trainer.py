@@ -116,8 +116,43 @@ def energy_scaling(comm: SerialComm, st: Structures, n_el: int) -> tuple[np.ndar
     return np.full(n_el, slope), mu
 
 
+def _exercise_kernels() -> None:
+    """Run every numba kernel once on a two-atom system, float64 and float32 derivatives."""
+    from ase import Atoms
+
+    from .config import FingerprintConfig
+    from .fingerprints import structure_arrays
+
+    atoms = Atoms("OPt", positions=[[0, 0, 0], [2.0, 0, 0]])
+    sf = SymmetryFunctions.from_config(FingerprintConfig(), ["O", "Pt"])
+    st = structure_arrays(atoms, sf.elements)
+    st.forces = np.zeros((2, 3))
+    lay = Layout(sf.elements, tuple(int(n) for n in sf.n_functions), (2,), "tanh")
+    for dt in (np.float64, np.float32):
+        G, b = compute_fingerprints(st, sf, True, dt)
+        prob = ShardProblem(st, G, b, lay, G.min(0, keepdims=True).repeat(2, 0), G.max(0, keepdims=True).repeat(2, 0) + 1,
+                            sf.block_tables(), 0.1)  # fmt: skip
+        prob.evaluate(np.zeros(lay.n_params) + 0.1)
+    compute_fingerprints(st, sf, False)
+
+
+def warm_up_kernels(comm: SerialComm, log) -> None:
+    """Compile the numba kernels once: rank 0 compiles (or loads numba's on-disk cache),
+    then the other ranks load that cache.  64 ranks never compile 64 times nor race to
+    write the same cache files."""
+    t0 = time.perf_counter()
+    if comm.rank == 0:
+        _exercise_kernels()
+    comm.barrier()
+    if comm.rank != 0:
+        _exercise_kernels()
+    comm.barrier()
+    log(f"kernels ready in {time.perf_counter() - t0:.1f} s (numba compile or cache load)")
+
+
 def build(comm: SerialComm, cfg: Config, log) -> Setup:
     """Read this rank's shard, fingerprint it, and set up global scaling and parameters."""
+    warm_up_kernels(comm, log)
     t0 = time.perf_counter()
     alpha = cfg.loss.force_coefficient
     need_forces = alpha > 0

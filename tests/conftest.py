@@ -1,0 +1,63 @@
+"""Shared fixtures: reference data from ../shared/data (tests skip when it is missing)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+REF = DATA / "o_pt111_emt_3000.traj"
+BIN = Path(sys.executable).parent
+MPIEXEC = BIN / "mpiexec"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"reference data {path} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ref_structures():
+    """The first 40 reference images (Structures, with forces)."""
+    from hpcpot.data import read_structures
+
+    st, _ = read_structures([str(need(REF))], need_forces=True, index=":40")
+    return st
+
+
+def small_problem(st, alpha=0.04, hidden=(7, 5), activation="tanh", dtype=np.float64):
+    """(ShardProblem, params, layout) on Structures st with scaling from st itself."""
+    from hpcpot.config import FingerprintConfig
+    from hpcpot.fingerprints import SymmetryFunctions, compute_fingerprints
+    from hpcpot.loss import ShardProblem
+    from hpcpot.model import Layout, initial_parameters
+
+    sf = SymmetryFunctions.from_config(FingerprintConfig(), list(st.elements))
+    G, b = compute_fingerprints(st, sf, with_derivs=alpha > 0, dtype=dtype)
+    ne = len(st.elements)
+    gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
+    gmax = np.stack([G[st.species == e].max(0) for e in range(ne)])
+    lay = Layout(st.elements, tuple(int(n) for n in sf.n_functions), hidden, activation)
+    p = initial_parameters(lay, np.full(ne, 0.5), np.full(ne, st.energy.mean() / st.n_atoms.mean()), 3)
+    p += np.random.default_rng(0).normal(0, 0.1, p.size)
+    return ShardProblem(st, G, b, lay, gmin, gmax, sf.block_tables(), alpha), p, lay
+
+
+def run_mpi(n: int, args: list[str], timeout: float = 240, env: dict | None = None):
+    """Run `mpiexec -n n python args...`; returns CompletedProcess (text)."""
+    import subprocess
+
+    if not MPIEXEC.exists():
+        pytest.skip("mpiexec not found beside the python executable (pip install mpich)")
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(
+        [str(MPIEXEC), "-n", str(n), sys.executable, *args],
+        capture_output=True, text=True, timeout=timeout, env=e, cwd=str(ROOT),
+    )  # fmt: skip

@@ -1,0 +1,103 @@
+"""Parallel runs give the serial answers; failures end every rank; empty shards work."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from conftest import REF, need, run_mpi
+
+pytestmark = [pytest.mark.slow, pytest.mark.mpi]
+
+
+def _config(tmp_path, name, n_images=40, iters=20, alpha=0.04, extra=""):
+    d = tmp_path / name
+    d.mkdir()
+    cfg = d / "c.toml"
+    cfg.write_text(f"""
+[data]
+train = ["{need(REF)}"]
+index = ":{n_images}"
+validation_fraction = 0.2
+[model]
+hidden = [8, 8]
+[loss]
+force_coefficient = {alpha}
+[optimizer]
+max_iterations = {iters}
+[convergence]
+energy_rmse = 1e-9
+force_rmse = 1e-9
+[checkpoint]
+every = 0
+[output]
+dir = "out"
+validate_every = 5
+{extra}
+""")
+    return cfg
+
+
+def _serial_and_parallel_eval(tmp_path, n_images, ranks):
+    cfg = _config(tmp_path, f"eval{n_images}", n_images=n_images)
+    out = {}
+    for n in [1, *ranks]:
+        f = tmp_path / f"e{n_images}_{n}.npy"
+        r = run_mpi(n, ["tests/mpi/helper.py", "eval", str(cfg), str(f)])
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[n] = np.load(f)
+    return out
+
+
+def test_loss_and_gradient_equal_serial(tmp_path):
+    res = _serial_and_parallel_eval(tmp_path, 40, [2, 3, 4])
+    ref = res[1]
+    for n, v in res.items():
+        scale = np.abs(ref).max()
+        assert np.abs(v - ref).max() <= 1e-12 * scale, f"{n} ranks differ"
+        assert v[0] == pytest.approx(ref[0], rel=1e-12)
+
+
+def test_empty_shard_when_more_ranks_than_images(tmp_path):
+    # 3 training images (plus 1 validation) on 4 ranks: one rank owns no training image
+    res = _serial_and_parallel_eval(tmp_path, 4, [4])
+    assert np.abs(res[4] - res[1]).max() <= 1e-12 * np.abs(res[1]).max()
+
+
+def _history(d):
+    return [json.loads(line)["loss"] for line in (d / "out" / "log.jsonl").read_text().splitlines()]
+
+
+def test_training_history_same_on_1_2_3_ranks(tmp_path):
+    hist = {}
+    for n in (1, 2, 3):
+        cfg = _config(tmp_path, f"train{n}", n_images=40, iters=20)
+        r = run_mpi(n, ["-m", "hpcpot.train", str(cfg)])
+        assert r.returncode == 0, r.stderr[-3000:]
+        hist[n] = np.array(_history(cfg.parent))
+        # only rank 0 prints: one progress line per iteration, not one per rank
+        assert r.stdout.count("\niter ") == 20, r.stdout
+    assert len(hist[1]) == 20
+    for n in (2, 3):
+        assert np.allclose(hist[n], hist[1], rtol=1e-9, atol=0), (hist[1], hist[n])
+
+
+def test_error_on_one_rank_ends_every_rank(tmp_path):
+    cfg = _config(tmp_path, "fail", iters=1000)
+    t = time.perf_counter()
+    r = run_mpi(3, ["tests/mpi/helper.py", "fail", str(cfg)], timeout=120)
+    elapsed = time.perf_counter() - t
+    assert r.returncode != 0
+    assert "[rank 1] error: RuntimeError: injected failure on rank 1" in r.stderr
+    assert "[rank 0] error" not in r.stderr and "[rank 2] error" not in r.stderr
+    assert elapsed < 100  # it ends; a hang would hit the timeout
+
+
+def test_bad_config_reported_once(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[data]\ntrain = ["x.traj"]\n[model]\nhiden = [3]\n')
+    r = run_mpi(2, ["-m", "hpcpot.train", str(cfg)], timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.count("unknown key 'hiden'") == 1, r.stderr
