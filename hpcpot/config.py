@@ -51,7 +51,7 @@ class FingerprintConfig:
     g4_zetas: list[float] | None = None
     g4_gammas: list[float] | None = None
     elements: dict[str, ElementFingerprintConfig] = field(default_factory=dict)
-    storage: str = "float64"  # derivative storage: "float64" or "float32"
+    storage: str = "float64"  # derivatives: "float64", "float32" (half the memory) or "recompute" (none stored)
     cache: str = ""  # HDF5 fingerprint cache file ("" = off)
 
 
@@ -142,7 +142,7 @@ class Config:
 
 _CHOICES = {
     ("fingerprints", "preset"): ("default", "amp"),
-    ("fingerprints", "storage"): ("float64", "float32"),
+    ("fingerprints", "storage"): ("float64", "float32", "recompute"),
     ("model", "activation"): ("tanh", "sigmoid", "linear"),
     ("optimizer", "method"): ("lbfgsb", "bfgs"),
     ("convergence", "on"): ("train", "validation"),

@@ -47,6 +47,15 @@ class Structures:
     def n_atoms(self) -> np.ndarray:
         return np.diff(self.atom_ptr)
 
+    def slice(self, lo: int, hi: int) -> Structures:
+        """Images lo..hi-1 as views (no copy)."""
+        a0, a1 = self.atom_ptr[lo], self.atom_ptr[hi]
+        return Structures(
+            self.elements, self.species[a0:a1], self.positions[a0:a1], self.cells[lo:hi], self.pbc[lo:hi],
+            self.atom_ptr[lo : hi + 1] - a0, self.energy[lo:hi],
+            None if self.forces is None else self.forces[a0:a1], self.sources[lo:hi],
+        )  # fmt: skip
+
     def subset(self, idx: np.ndarray) -> Structures:
         """The images ``idx`` (in that order) as a new Structures."""
         idx = np.asarray(idx, np.int64)

@@ -99,16 +99,21 @@ class ShardProblem:
     ``G`` (n_atoms, n_max) and ``blocks`` come from :func:`hpcpot.fingerprints.compute_fingerprints`
     on ``st``; ``gmin``/``gmax`` (n_elements, n_max) are the global training ranges.  The
     derivative values are scaled in place (they are not needed unscaled again).
+
+    ``recompute=sf`` (a SymmetryFunctions, with ``blocks=None``): store no derivatives and
+    recompute them chunk by chunk in every evaluation with forces (memory for time).
     """
 
     def __init__(
         self, st, G: np.ndarray, blocks: DerivativeBlocks | None, layout: Layout,
         gmin: np.ndarray, gmax: np.ndarray, sub_tables: tuple[np.ndarray, np.ndarray],
-        force_coefficient: float,
+        force_coefficient: float, recompute=None,
     ):  # fmt: skip
         self.layout = layout
         self.alpha = force_coefficient
-        self.with_forces = force_coefficient > 0 and blocks is not None
+        self.with_forces = force_coefficient > 0 and (blocks is not None or recompute is not None)
+        self.recompute = recompute
+        self.st = st
         self.n_images = st.n_images
         self.natoms = st.n_atoms.astype(float)
         self.energy = st.energy
@@ -136,9 +141,11 @@ class ShardProblem:
         self.blocks = blocks
         self.sub_idx, self.sub_len = sub_tables
         nmax = G.shape[1]
+        self.factor = factor
         if self.with_forces:
             b = blocks
-            _scale_derivatives(b.centre, b.kind, b.ptr, b.values, st.species, self.sub_idx, self.sub_len, factor)
+            if b is not None:
+                _scale_derivatives(b.centre, b.kind, b.ptr, b.values, st.species, self.sub_idx, self.sub_len, factor)
             self.wF = force_coefficient / (3.0 * self.natoms)
             self.g = np.zeros((len(order), nmax))
             self.v = np.zeros((len(order), nmax))
@@ -184,14 +191,9 @@ class ShardProblem:
                 r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
                 self.g[r0:r1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
             self.v[:] = 0.0
-            b = self.blocks
             sq = np.empty(self.n_images)
             mx = np.empty(self.n_images)
-            _force_kernel(
-                b.image_ptr, self.atom_ptr, b.centre, b.partner, b.kind, b.ptr, b.values,
-                self.species, self.row, self.sub_idx, self.sub_len, self.g, self.forces,
-                self.wF, self.Fhat, self.v, sq, mx,
-            )  # fmt: skip
+            self._forces_and_v(self.forces, self.wF, sq, mx)
             loss += 0.5 * float(self.wF @ sq)
             buf[3] = sq.sum()
             buf[4] = 3.0 * self.natoms.sum()
@@ -233,6 +235,33 @@ class ShardProblem:
             Ehat += np.bincount(self.img[e], weights=slope * ps.out + intercept, minlength=self.n_images)
         return Ehat
 
+    def _forces_and_v(self, F_ref: np.ndarray, wF: np.ndarray, sq: np.ndarray, mx: np.ndarray) -> None:
+        """Run the force kernel over stored derivatives, or over recomputed chunks."""
+        if self.blocks is not None:
+            b = self.blocks
+            _force_kernel(
+                b.image_ptr, self.atom_ptr, b.centre, b.partner, b.kind, b.ptr, b.values,
+                self.species, self.row, self.sub_idx, self.sub_len, self.g, F_ref,
+                wF, self.Fhat, self.v, sq, mx,
+            )  # fmt: skip
+            return
+        from .fingerprints import compute_fingerprints
+
+        lo = 0
+        step = max(1, int(200_000 // max(1.0, self.natoms.mean() ** 2)))  # ~200k pairs per chunk
+        while lo < self.n_images:
+            hi = min(self.n_images, lo + step)
+            a0, a1 = self.atom_ptr[lo], self.atom_ptr[hi]
+            sub = self.st.slice(lo, hi)
+            _, b = compute_fingerprints(sub, self.recompute, True)
+            _scale_derivatives(b.centre, b.kind, b.ptr, b.values, sub.species, self.sub_idx, self.sub_len, self.factor)
+            _force_kernel(
+                b.image_ptr, sub.atom_ptr, b.centre, b.partner, b.kind, b.ptr, b.values,
+                sub.species, self.row[a0:a1], self.sub_idx, self.sub_len, self.g, F_ref[a0:a1],
+                wF[lo:hi], self.Fhat[a0:a1], self.v, sq[lo:hi], mx[lo:hi],
+            )  # fmt: skip
+            lo = hi
+
     def predict(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Ê per image (eV) and F̂ per atom (eV/Å, None without derivatives)."""
         Ehat = self.predict_energies(params)
@@ -247,14 +276,7 @@ class ShardProblem:
             ps = forward(layers, self.X[e], lay.activation)
             r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
             self.g[r0:r1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
-        b = self.blocks
-        zero = np.zeros_like(self.Fhat)
-        ones = np.ones(self.n_images)
         sq, mx = np.empty(self.n_images), np.empty(self.n_images)
         # with F_ref = 0 and weight 1 the kernel leaves F̂ itself in Fhat
-        _force_kernel(
-            b.image_ptr, self.atom_ptr, b.centre, b.partner, b.kind, b.ptr, b.values,
-            self.species, self.row, self.sub_idx, self.sub_len, self.g, zero, ones,
-            self.Fhat, self.v, sq, mx,
-        )  # fmt: skip
+        self._forces_and_v(np.zeros_like(self.Fhat), np.ones(self.n_images), sq, mx)
         return Ehat, self.Fhat.copy()

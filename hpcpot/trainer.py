@@ -75,6 +75,9 @@ def memory_forecast(st: Structures, sf: SymmetryFunctions, with_forces: bool, it
         pairs = neighbor_counts(st, sf.cutoff).sum()
         _, sub_len = sf.block_tables()
         per_pair = 3 * sub_len[:, :-1].max() * itemsize + 17  # upper bound: richest partner kind
+        if itemsize == 0:  # recompute: one chunk of ~200k pairs at a time
+            pairs = min(pairs, 200_000)
+            per_pair = 3 * sub_len[:, :-1].max() * 8 + 17
         b += pairs * per_pair + na * nm * 8 * 2 + na * 3 * 8 * 2
     return float(b)
 
@@ -183,7 +186,7 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     log(f"data: {len(g_train)} training and {len(g_val)} validation images, elements {', '.join(els)} "
         f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     sf = SymmetryFunctions.from_config(fp, list(els))
-    itemsize = 4 if fp.storage == "float32" else 8
+    itemsize = {"float32": 4, "float64": 8, "recompute": 0}[fp.storage]
     need = memory_forecast(st_t, sf, need_forces, itemsize) + memory_forecast(st_v, sf, need_forces, itemsize)
     need_max = float(comm.allreduce_max(np.array(need)))
     limit = cfg.parallel.memory_per_rank * 2**30 if cfg.parallel.memory_per_rank > 0 else _node_memory_per_rank(comm)
@@ -197,8 +200,9 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
         )
     t1 = time.perf_counter()
     dtype = np.float32 if fp.storage == "float32" else np.float64
-    G_t, b_t = compute_fingerprints(st_t, sf, need_forces, dtype, progress=_progress(log, "fingerprints (rank 0 shard)", st_t.n_images, t1))
-    G_v, b_v = compute_fingerprints(st_v, sf, need_forces, dtype)
+    store = need_forces and fp.storage != "recompute"
+    G_t, b_t = compute_fingerprints(st_t, sf, store, dtype, progress=_progress(log, "fingerprints (rank 0 shard)", st_t.n_images, t1))
+    G_v, b_v = compute_fingerprints(st_v, sf, store, dtype)
     t2 = time.perf_counter()
     nb = np.array(float(b_t.nbytes if b_t is not None else 0))
     comm.allreduce_sum(nb)
@@ -221,9 +225,10 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     slope, intercept = energy_scaling(comm, st_t, ne)
     x0 = initial_parameters(layout, slope, intercept, cfg.model.seed)
     tables = sf.block_tables()
-    train = ShardProblem(st_t, G_t, b_t, layout, gmin, gmax, tables, alpha)
+    rec = sf if (need_forces and not store) else None
+    train = ShardProblem(st_t, G_t, b_t, layout, gmin, gmax, tables, alpha, recompute=rec)
     n_val = len(g_val)
-    valid = ShardProblem(st_v, G_v, b_v, layout, gmin, gmax, tables, alpha) if n_val else None
+    valid = ShardProblem(st_v, G_v, b_v, layout, gmin, gmax, tables, alpha, recompute=rec) if n_val else None
     digest = data_digest(comm, st_t, st_v)
     return Setup(sf, layout, train, valid, gmin, gmax, x0, len(g_train), n_val, digest)
 

@@ -66,3 +66,21 @@ def test_empty_shard_evaluates_to_zero(ref_structures):
                       (prob.sub_idx, prob.sub_len), 0.04)  # fmt: skip
     buf = ep.evaluate(p)
     assert buf.shape == prob.evaluate(p).shape and not buf.any()
+
+
+def test_recompute_mode_gives_the_stored_answer(ref_structures):
+    from hpcpot.config import FingerprintConfig
+    from hpcpot.fingerprints import SymmetryFunctions, compute_fingerprints
+    from hpcpot.loss import ShardProblem
+
+    st = ref_structures.subset(np.arange(9))
+    prob, p, lay = small_problem(st)
+    sf = SymmetryFunctions.from_config(FingerprintConfig(), list(st.elements))
+    G, _ = compute_fingerprints(st, sf, with_derivs=False)
+    ne = len(st.elements)
+    gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
+    gmax = np.stack([G[st.species == e].max(0) for e in range(ne)])
+    rec = ShardProblem(st, G, None, lay, gmin, gmax, sf.block_tables(), 0.04, recompute=sf)
+    a = prob.evaluate(p)
+    b = rec.evaluate(p)
+    assert np.allclose(a, b, rtol=1e-12, atol=1e-14 * np.abs(a).max())
