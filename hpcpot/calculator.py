@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import all_changes
 
@@ -25,8 +24,9 @@ class Calculator(_AseCalculator):
         super().calculate(atoms, properties, system_changes)
         m = self.model
         st = structure_arrays(self.atoms, m.layout.elements)
-        want_forces = "forces" in properties or True  # forces are cheap next to fingerprints
-        G, blocks = compute_fingerprints(st, m.sf, with_derivs=want_forces)
+        # always compute forces with the energy: ASE asks for them next, and they cost about
+        # as much as the fingerprint derivatives, which this call computes anyway
+        G, blocks = compute_fingerprints(st, m.sf, with_derivs=True)
         prob = ShardProblem(st, G, blocks, m.layout, m.gmin, m.gmax, m.sf.block_tables(), 1.0)
         energy, forces = prob.predict(m.params)
         self.results["energy"] = float(energy[0])

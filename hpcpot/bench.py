@@ -1,0 +1,293 @@
+"""Benchmark on the reference set: ``python -m hpcpot.bench [--images N] [--ranks 1,2]``.
+
+Reports, in one run (so ratios are comparable): numba compile time (cold/warm cache),
+fingerprint time with and without derivatives, one loss+gradient evaluation energy-only and
+with forces (median of --repeats) for each derivative storage mode with its memory, peak
+RSS; then, under mpiexec, per-evaluation time at each rank count with its breakdown
+(compute, Bcast, Allreduce, rank-0 optimiser), annealing step cost, peak RSS per rank and
+start-up time, and the predicted parallel efficiency at 16, 64 and 256 ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "o_pt111_emt_3000.traj"
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _process_age() -> float:
+    """Seconds since this process was created (start-up time includes the interpreter)."""
+    with open("/proc/self/stat") as fh:
+        start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as fh:
+        uptime = float(fh.read().split()[0])
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)), ts
+
+
+def _config_text(data: str, images: int, storage: str = "float64", alpha: float = 0.04) -> str:
+    return f"""
+[data]
+train = ["{data}"]
+index = ":{images}"
+validation_fraction = 0.0
+[fingerprints]
+storage = "{storage}"
+[loss]
+force_coefficient = {alpha}
+[output]
+dir = "out"
+"""
+
+
+def compile_times() -> dict:
+    code = "import time;t=time.perf_counter();from hpcpot.trainer import _exercise_kernels;_exercise_kernels();print(time.perf_counter()-t)"
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, NUMBA_CACHE_DIR=d)
+        for label in ("cold_cache_s", "warm_cache_s"):
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            out[label] = float(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def single_process(data: str, images: int, repeats: int, log) -> dict:
+    from .config import FingerprintConfig
+    from .data import read_structures
+    from .fingerprints import SymmetryFunctions, compute_fingerprints
+    from .loss import ShardProblem
+    from .model import Layout, initial_parameters
+    from .trainer import _exercise_kernels
+
+    _exercise_kernels()
+    res: dict = {"images": images}
+    t = time.perf_counter()
+    st, _ = read_structures([data], need_forces=True, index=f":{images}")
+    res["read_validate_s"] = time.perf_counter() - t
+    res["atoms"] = int(len(st.species))
+    res["force_values"] = int(3 * len(st.species))
+    sf = SymmetryFunctions.from_config(FingerprintConfig(), list(st.elements))
+    res["fingerprint_s"], _ = _median_time(lambda: compute_fingerprints(st, sf, False), 1)
+    t = time.perf_counter()
+    G, b = compute_fingerprints(st, sf, True)
+    res["fingerprint_derivative_s"] = time.perf_counter() - t
+    res["derivative_bytes"] = int(b.nbytes)
+    res["derivative_pairs"] = int(len(b.centre))
+    log(f"fingerprints: {res['fingerprint_s']:.2f} s; with derivatives {res['fingerprint_derivative_s']:.2f} s, "
+        f"{b.nbytes / 2**20:.1f} MiB stored ({len(b.centre) / len(st.species):.1f} pairs per atom)")  # fmt: skip
+    ne = len(st.elements)
+    gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
+    gmax = np.stack([G[st.species == e].max(0) for e in range(ne)])
+    lay = Layout(st.elements, tuple(int(n) for n in sf.n_functions), (20, 20), "tanh")
+    p = initial_parameters(lay, np.ones(ne), np.zeros(ne), 0)
+    tables = sf.block_tables()
+    eo = ShardProblem(st, G, None, lay, gmin, gmax, tables, 0.0)
+    res["eval_energy_only_s"], ts = _median_time(lambda: eo.evaluate(p), repeats)
+    res["loss_only_energy_s"], _ = _median_time(lambda: eo.evaluate(p, with_grad=False), repeats)
+    log(f"loss+gradient, energy only: {1000 * res['eval_energy_only_s']:.1f} ms (median of {repeats})")
+    modes = {}
+    for mode in ("float64", "float32", "recompute"):
+        if mode == "float64":
+            blocks = b
+        elif mode == "float32":
+            _, blocks = compute_fingerprints(st, sf, True, np.float32)
+        else:
+            blocks = None
+        prob = ShardProblem(st, G, blocks, lay, gmin, gmax, tables, 0.04, recompute=sf if blocks is None else None)
+        reps = repeats if mode != "recompute" else max(3, repeats // 3)
+        med, _ = _median_time(lambda prob=prob: prob.evaluate(p), reps)
+        lmed, _ = _median_time(lambda prob=prob: prob.evaluate(p, with_grad=False), reps)
+        g = prob.evaluate(p)[5:].copy()
+        modes[mode] = {"eval_s": med, "loss_only_s": lmed, "bytes": int(blocks.nbytes) if blocks is not None else 0, "grad": g}
+        del prob, blocks
+    g64 = modes["float64"]["grad"]
+    for mode, m in modes.items():
+        m["grad_rel_err_vs_float64"] = float(np.abs(m.pop("grad") - g64).max() / np.abs(g64).max())
+        log(f"loss+gradient with forces, {mode:9s}: {1000 * m['eval_s']:8.1f} ms (median), "
+            f"{m['bytes'] / 2**20:7.1f} MiB derivatives, gradient rel. difference vs float64 {m['grad_rel_err_vs_float64']:.1e}")  # fmt: skip
+    res["modes"] = modes
+    res["eval_forces_s"] = modes["float64"]["eval_s"]
+    res["peak_rss_mib"] = _rss_mib()
+    log(f"peak RSS (this process, all of the above): {res['peak_rss_mib']:.0f} MiB")
+    return res
+
+
+def worker(args) -> int:
+    """Run under mpiexec: set up, then time evaluations; rank 0 prints one JSON line."""
+    from .config import load_config
+    from .parallel import CMD_LOSS, Evaluator, world
+    from .trainer import build
+
+    comm = world()
+    with tempfile.TemporaryDirectory() as d:
+        cfgp = Path(d) / "c.toml"
+        if comm.rank == 0:
+            cfgp.write_text(_config_text(args.data, args.images))
+        comm.barrier()
+        cfg = load_config(cfgp) if comm.rank == 0 else None
+        cfg = comm.bcast(cfg)
+        setup = build(comm, cfg, lambda *a: None)
+    startup = float(comm.allreduce_max(np.array(_process_age())))
+    ev = Evaluator(comm, setup.train)
+    rss = comm.allgather(_rss_mib())
+    if comm.rank != 0:
+        ev.serve()
+        comp = np.array(ev.timing["compute"] / max(ev.timing["n"], 1))
+        comm.allreduce_max(comp)
+        return 0
+    out: dict = {"ranks": comm.size, "startup_s": startup, "rss_mib": rss}
+    if not args.startup_only:
+        p = setup.x0
+        ev.evaluate(p)
+        for k in ev.timing:
+            ev.timing[k] = 0
+        out["eval_s"], _ = _median_time(lambda: ev.evaluate(p), args.repeats)
+        n = ev.timing["n"]
+        out["bcast_s"] = ev.timing["bcast"] / n
+        out["allreduce_s"] = ev.timing["allreduce"] / n
+        out["compute_rank0_s"] = ev.timing["compute"] / n
+        out["anneal_step_s"], _ = _median_time(lambda: ev.evaluate(p, CMD_LOSS), args.repeats)
+        # rank-0 optimiser overhead: a short L-BFGS-B run, time outside the evaluations
+        import scipy.optimize
+
+        t_eval = [0.0]
+
+        def fun(x):
+            t = time.perf_counter()
+            buf = ev.evaluate(x)
+            t_eval[0] += time.perf_counter() - t
+            return buf[0], buf[5:].copy()
+
+        t = time.perf_counter()
+        r = scipy.optimize.minimize(fun, p, jac=True, method="L-BFGS-B", options={"maxiter": 20})
+        total = time.perf_counter() - t
+        out["optimizer_per_eval_s"] = (total - t_eval[0]) / r.nfev
+    ev.stop()
+    comp = np.array(0.0)
+    comm.allreduce_max(comp)
+    print("BENCH-JSON " + json.dumps(out), flush=True)
+    return 0
+
+
+def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
+    """Predicted efficiency from measured figures (a latency model of the collectives)."""
+    from .shard import balanced_ranges
+
+    t1 = res1["compute_rank0_s"]
+    opt = res1["optimizer_per_eval_s"]
+    stage = None
+    if res2 is not None:
+        # one stage of a tree collective = the 2-rank cost
+        stage = res2["bcast_s"] + res2["allreduce_s"]
+    ib = 2 * 10e-6  # Bcast + Allreduce stage on InfiniBand-class networks, ~10 µs each for ~14 kB
+    out = {}
+    lines = [f"{'ranks':>6} {'set':>6} {'imbalance':>9} {'eff (this machine)':>19} {'eff (10 µs/stage)':>18}"]
+    for scale in (1, 100):
+        c = np.tile(costs, scale)
+        for P in (16, 64, 256):
+            b = balanced_ranges(c, P)
+            loads = np.add.reduceat(c, b[:-1]) if len(c) >= P else np.ones(P)
+            imb = loads.max() / loads.mean()
+            tp = t1 * scale / P * imb
+            ideal = t1 * scale / P
+            eff_here = ideal / (tp + (stage or 0) * math.log2(P) + opt) if stage is not None else math.nan
+            eff_ib = ideal / (tp + ib * math.log2(P) + opt)
+            out[f"{scale}x_{P}"] = {"imbalance": imb, "eff_this_machine": eff_here, "eff_ib": eff_ib}
+            lines.append(f"{P:6d} {str(scale) + 'x':>6} {imb:9.3f} {100 * eff_here:18.1f}% {100 * eff_ib:17.1f}%")
+    for line in lines:
+        log(line)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hpcpot.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="reference trajectory (default: ../shared/data/o_pt111_emt_3000.traj)")
+    ap.add_argument("--images", type=int, default=3000)
+    ap.add_argument("--repeats", type=int, default=7, help="timed repetitions per figure (medians are reported)")
+    ap.add_argument("--ranks", default="1,2", help="rank counts for the MPI part ('' to skip)")
+    ap.add_argument("--startup-ranks", default="1,2,4", help="rank counts for the start-up measurement")
+    ap.add_argument("--json", default="", help="also write all figures to this JSON file")
+    ap.add_argument("--skip-single", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--startup-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    if not Path(args.data).exists():
+        print(f"error: {args.data} not found (pass --data)", file=sys.stderr)
+        return 2
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    results: dict = {"cpu_count": os.cpu_count(), "images": args.images}
+    log(f"hpcpot benchmark: {args.images} images of {args.data}, {os.cpu_count()} CPUs, medians of {args.repeats}")
+    results["compile"] = compile_times()
+    log(f"numba kernels: {results['compile']['cold_cache_s']:.1f} s to compile (empty cache), "
+        f"{results['compile']['warm_cache_s']:.1f} s to load from cache")  # fmt: skip
+    if not args.skip_single:
+        results["single"] = single_process(args.data, args.images, args.repeats, log)
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    mpi = {}
+    ranks = [int(r) for r in args.ranks.split(",") if r]
+    for n, startup_only in [(r, False) for r in ranks] + [(r, True) for r in (int(x) for x in args.startup_ranks.split(",") if x)]:
+        cmd = [str(mpiexec), "-n", str(n), sys.executable, "-m", "hpcpot.bench", "--worker", "--data", args.data,
+               "--images", str(args.images), "--repeats", str(args.repeats)] + (["--startup-only"] if startup_only else [])  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in r.stdout.splitlines() if x.startswith("BENCH-JSON ")]
+        if r.returncode != 0 or not line:
+            log(f"mpiexec -n {n} failed:\n{r.stderr[-2000:]}")
+            continue
+        d = json.loads(line[0][len("BENCH-JSON ") :])
+        key = f"startup_{n}" if startup_only else f"eval_{n}"
+        mpi[key] = d
+        if startup_only:
+            log(f"start-up at {n} rank(s) (interpreter + imports + kernels + data + fingerprints): {d['startup_s']:.1f} s"
+                + (" (oversubscribed)" if n > (os.cpu_count() or 1) else ""))  # fmt: skip
+        else:
+            log(f"{n} rank(s): loss+gradient {1000 * d['eval_s']:.1f} ms (compute {1000 * d['compute_rank0_s']:.1f}, "
+                f"Bcast {1e6 * d['bcast_s']:.0f} µs, Allreduce {1e6 * d['allreduce_s']:.0f} µs, "
+                f"optimizer {1e3 * d['optimizer_per_eval_s']:.2f} ms per evaluation), anneal step {1000 * d['anneal_step_s']:.1f} ms, "
+                f"peak RSS per rank {', '.join(f'{x:.0f}' for x in d['rss_mib'])} MiB")  # fmt: skip
+    results["mpi"] = mpi
+    if "eval_1" in mpi and "eval_2" in mpi:
+        e1, e2 = mpi["eval_1"]["eval_s"], mpi["eval_2"]["eval_s"]
+        results["speedup_2"] = e1 / e2
+        log(f"strong scaling 1 -> 2 ranks: speed-up {e1 / e2:.2f}, parallel efficiency {100 * e1 / e2 / 2:.0f}%")
+        from .data import read_structures
+        from .shard import pair_cost
+
+        st, _ = read_structures([args.data], need_forces=False, index=f":{args.images}")
+        costs = pair_cost(st, 6.5)
+        log("predicted efficiency of one loss+gradient evaluation (compute/P x imbalance + log2(P) collective stages + optimizer):")
+        results["prediction"] = predict(mpi["eval_1"], mpi["eval_2"], costs, log)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
