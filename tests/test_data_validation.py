@@ -120,7 +120,10 @@ def test_nonfinite_energy(tmp_path, suffix, bad):
 def test_nonfinite_forces(tmp_path, suffix, bad):
     f = np.zeros((3, 3))
     f[2, 1] = bad
-    p = write(tmp_path / f"badforces.{suffix}", [image(symbols="PtOO"), image(symbols="PtOO"), image(symbols="PtOO", forces=f)])
+    p = write(
+        tmp_path / f"badforces.{suffix}",
+        [image(symbols="PtOO"), image(symbols="PtOO"), image(symbols="PtOO", forces=f)],
+    )
     with pytest.raises(DataError) as exc:
         read_structures([p], need_forces=True)
     assert_names(exc, p, 2, "forces", "atom 2")

@@ -29,11 +29,35 @@ REF_TRAJ = DATA / "o_pt111_emt_3000.traj"
 # of functions per element (so the shorter rows are padded).
 CUSTOM_CUTOFF = 5.2
 CUSTOM = {
-    "H": {"g2_etas": [0.3, 7.0], "g2_offsets": [0.0, 1.1], "g4_etas": [0.01], "g4_zetas": [2.5], "g4_gammas": [1.0, -1.0]},
-    "O": {"g2_etas": [0.3, 7.0], "g2_offsets": [0.0, 1.1], "g4_etas": [0.01, 0.4], "g4_zetas": [1.0, 2.5], "g4_gammas": [1.0, -1.0]},
-    "Pt": {"g2_etas": [1.5], "g2_offsets": [0.7, 2.3, 3.0], "g4_etas": [0.02], "g4_zetas": [1.7, 4.0], "g4_gammas": [-1.0, 1.0]},
+    "H": {
+        "g2_etas": [0.3, 7.0],
+        "g2_offsets": [0.0, 1.1],
+        "g4_etas": [0.01],
+        "g4_zetas": [2.5],
+        "g4_gammas": [1.0, -1.0],
+    },
+    "O": {
+        "g2_etas": [0.3, 7.0],
+        "g2_offsets": [0.0, 1.1],
+        "g4_etas": [0.01, 0.4],
+        "g4_zetas": [1.0, 2.5],
+        "g4_gammas": [1.0, -1.0],
+    },
+    "Pt": {
+        "g2_etas": [1.5],
+        "g2_offsets": [0.7, 2.3, 3.0],
+        "g4_etas": [0.02],
+        "g4_zetas": [1.7, 4.0],
+        "g4_gammas": [-1.0, 1.0],
+    },
 }
-DEFAULT_SET = {"g2_etas": [0.05, 4.0, 20.0, 80.0], "g2_offsets": [0.0], "g4_etas": [0.005], "g4_zetas": [1.0, 4.0], "g4_gammas": [1.0, -1.0]}
+DEFAULT_SET = {
+    "g2_etas": [0.05, 4.0, 20.0, 80.0],
+    "g2_offsets": [0.0],
+    "g4_etas": [0.005],
+    "g4_zetas": [1.0, 4.0],
+    "g4_gammas": [1.0, -1.0],
+}
 
 
 # --------------------------------------------------------------------------- reference
@@ -380,10 +404,7 @@ def test_default_set_order():
         assert all(f["Rs"] == 0.0 for f in fs[:8])
         # G4: eta, zeta, gamma, pair (O,O), (O,Pt), (Pt,Pt)
         expect = [
-            (0.005, z, g, pr)
-            for z in (1.0, 4.0)
-            for g in (1.0, -1.0)
-            for pr in (["O", "O"], ["O", "Pt"], ["Pt", "Pt"])
+            (0.005, z, g, pr) for z in (1.0, 4.0) for g in (1.0, -1.0) for pr in (["O", "O"], ["O", "Pt"], ["Pt", "Pt"])
         ]
         assert [(f["eta"], f["zeta"], f["gamma"], f["elements"]) for f in fs[8:]] == expect
 
@@ -458,11 +479,11 @@ def test_sparse_blocks_hold_partner_element_functions(name):
         i, m, k = int(b.centre[p]), int(b.partner[p]), int(b.kind[p])
         c = int(st.species[i])
         L = (b.ptr[p + 1] - b.ptr[p]) // 3
-        assert L == sub_len[c, k]
+        assert sub_len[c, k] == L
         idx = sub_idx[c, k, :L]
         if i == m:
             assert k == ne
-            assert L == n_total
+            assert n_total == L
             assert list(idx) == list(range(n_total))
         else:
             assert k == st.species[m]
@@ -492,7 +513,14 @@ def test_block_tables_three_elements():
     assert sub_len.shape == (3, 4)
     assert np.all(sub_len[:, :3] == 16) and np.all(sub_len[:, 3] == 36)
     fs = sf.to_dict()["functions"]["H"]
-    assert [f["elements"] for f in fs[12:18]] == [["H", "H"], ["H", "O"], ["H", "Pt"], ["O", "O"], ["O", "Pt"], ["Pt", "Pt"]]
+    assert [f["elements"] for f in fs[12:18]] == [
+        ["H", "H"],
+        ["H", "O"],
+        ["H", "Pt"],
+        ["O", "O"],
+        ["O", "Pt"],
+        ["Pt", "Pt"],
+    ]
     assert sorted(sub_idx[0, 2, :16]) == [f for f, fn in enumerate(fs) if _involves(fn, "Pt")]
 
 
