@@ -201,8 +201,20 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     t1 = time.perf_counter()
     dtype = np.float32 if fp.storage == "float32" else np.float64
     store = need_forces and fp.storage != "recompute"
-    G_t, b_t = compute_fingerprints(st_t, sf, store, dtype, progress=_progress(log, "fingerprints (rank 0 shard)", st_t.n_images, t1))
-    G_v, b_v = compute_fingerprints(st_v, sf, store, dtype)
+    prog = _progress(log, "fingerprints (rank 0 shard)", st_t.n_images, t1)
+    if fp.cache:
+        from .cache import FingerprintCache
+
+        cache = FingerprintCache(fp.cache, sf, store, dtype, log if comm.rank == 0 else lambda *a: None)
+        G_t, b_t = cache.compute(st_t, progress=prog)
+        hits = np.array([cache.hits, cache.misses], float)
+        G_v, b_v = cache.compute(st_v)
+        hits += [cache.hits, cache.misses]
+        comm.allreduce_sum(hits)
+        log(f"fingerprint cache {fp.cache}: {int(hits[0])} images reused, {int(hits[1])} computed and added")
+    else:
+        G_t, b_t = compute_fingerprints(st_t, sf, store, dtype, progress=prog)
+        G_v, b_v = compute_fingerprints(st_v, sf, store, dtype)
     t2 = time.perf_counter()
     nb = np.array(float(b_t.nbytes if b_t is not None else 0))
     comm.allreduce_sum(nb)
