@@ -260,4 +260,6 @@ class SignalFlag:
             signal.signal(s, self._handler)
 
     def _handler(self, signum, frame) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         self.received = signum

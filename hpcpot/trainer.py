@@ -304,6 +304,8 @@ def train(comm: SerialComm, cfg: Config, restart: bool = False, overwrite: bool 
     comm.barrier()
     print_header(comm, cfg, log)
     setup = build(comm, cfg, log)
+    if flag.received is not None and not restart and comm.rank == 0:
+        log(f"signal {flag.received} during set-up; continuing to the first iteration, where a checkpoint is written")
     with_forces = setup.train.with_forces
     ev = Evaluator(comm, setup.train, setup.valid)
     if comm.rank != 0:

@@ -1,0 +1,160 @@
+"""Checkpoints survive SIGKILL at any moment, SIGUSR1 checkpoints and exits, damage is caught."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import MPIEXEC, REF, ROOT, need
+
+from hpcpot import checkpoint as ckpt
+
+
+def _write_cfg(d, iters, every=1, extra=""):
+    cfg = d / "c.toml"
+    cfg.write_text(f"""
+[data]
+train = ["{need(REF)}"]
+index = ":24"
+validation_fraction = 0.0
+[model]
+hidden = [6]
+[optimizer]
+max_iterations = {iters}
+[convergence]
+energy_rmse = 1e-12
+force_rmse = 1e-12
+[checkpoint]
+every = {every}
+keep = 3
+[output]
+dir = "out"
+{extra}
+""")
+    return cfg
+
+
+def _start(n, cfg, *args):
+    if not MPIEXEC.exists():
+        pytest.skip("mpiexec not available")
+    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "hpcpot.train", str(cfg), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+
+
+def _final_loss(d):
+    lines = (d / "out" / "log.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])["loss"], json.loads(lines[-1])["iteration"]
+
+
+def test_save_load_round_trip_and_damage(tmp_path):
+    p = np.arange(5.0)
+    c = ckpt.Checkpoint("optimize", 7, p, "cfg", "data", 1.5, {"a": 1}, {"best": p * 2})
+    path = ckpt.save(str(tmp_path), c)
+    back = ckpt.load(path)
+    assert back.iteration == 7 and np.array_equal(back.params, p) and np.array_equal(back.arrays["best"], p * 2)
+    # a newer but truncated file is reported and the older one is used
+    c.iteration = 8
+    newer = ckpt.save(str(tmp_path), c)
+    data = open(newer, "rb").read()
+    open(newer, "wb").write(data[: len(data) // 2])
+    msgs = []
+    got = ckpt.latest(str(tmp_path), log=msgs.append)
+    assert got.iteration == 7 and any("unreadable checkpoint" in m for m in msgs)
+    # a bit flip inside the parameters fails the zip CRC
+    data = bytearray(open(path, "rb").read())
+    i = data.find(np.arange(5.0).tobytes())
+    data[i + 9] ^= 0x40
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load(path)
+    assert ckpt.latest(str(tmp_path), log=msgs.append) is None
+
+
+def test_checkpoint_from_other_config_is_refused(tmp_path):
+    cfg = _write_cfg(tmp_path, 5)
+    r = subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg.write_text(cfg.read_text().replace("hidden = [6]", "hidden = [7]"))
+    r = subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg), "--restart"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "different config" in r.stderr
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    cfg = _write_cfg(tmp_path, 3)
+    subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg)], check=True, capture_output=True, cwd=ROOT)
+    model = (tmp_path / "out" / "model.json").read_bytes()
+    r = subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "already holds a run" in r.stderr
+    assert (tmp_path / "out" / "model.json").read_bytes() == model
+    r = subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg), "--overwrite"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0
+    (prev,) = list((tmp_path / "out").glob("previous-*"))
+    assert (prev / "model.json").read_bytes() == model  # moved aside, not lost
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_sigusr1_writes_checkpoint_and_exits_cleanly(tmp_path):
+    cfg = _write_cfg(tmp_path, 100000, every=0)
+    p = _start(2, cfg)
+    log = tmp_path / "out" / "log.jsonl"
+    t = time.time()
+    while not (log.exists() and len(log.read_text().splitlines()) >= 5):
+        assert time.time() - t < 60 and p.poll() is None, p.communicate()
+        time.sleep(0.1)
+    os.kill(p.pid, signal.SIGUSR1)  # mpiexec forwards it to every rank
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "checkpoint written" in out
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert status["state"] == "interrupted"
+    ck = ckpt.latest(str(tmp_path / "out" / "checkpoints"))
+    assert ck is not None and ck.stage == "optimize" and ck.iteration >= 5
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_sigkill_at_random_moments_then_restart(tmp_path):
+    iters = 40
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    p = _start(2, _write_cfg(ref_dir, iters))
+    p.communicate(timeout=120)
+    assert p.returncode == 0
+    ref_loss, _ = _final_loss(ref_dir)
+    rng = np.random.default_rng(0)
+    trials = 20
+    loaded = restarted = 0
+    for k in range(trials):
+        d = tmp_path / f"t{k}"
+        d.mkdir()
+        cfg = _write_cfg(d, iters)
+        p = _start(2, cfg)
+        ck_dir = d / "out" / "checkpoints"
+        t = time.time()
+        while not (ck_dir.exists() and any(ck_dir.glob("checkpoint-*.npz"))):
+            assert time.time() - t < 60 and p.poll() is None, p.communicate()
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))  # somewhere during training / checkpoint writes
+        os.killpg(p.pid, signal.SIGKILL)  # mpiexec, proxy and both ranks at once
+        p.communicate()
+        ck = ckpt.latest(str(ck_dir), log=lambda m: pytest.fail(m))
+        assert ck is not None
+        loaded += 1
+        if ck.stage == "done":
+            continue
+        r = _start(1, cfg, "--restart")
+        out, err = r.communicate(timeout=120)
+        assert r.returncode == 0, err
+        loss, it = _final_loss(d)
+        assert it == iters
+        # L-BFGS-B restarts without its curvature history, so the path differs a little
+        assert loss == pytest.approx(ref_loss, rel=0.5), (loss, ref_loss)
+        restarted += 1
+    assert loaded == trials and restarted >= trials // 2
