@@ -215,10 +215,26 @@ def _check_ranges(cfg: Config, src: str) -> None:
 
     if not 0.0 <= cfg.data.validation_fraction < 1.0:
         bad("data.validation_fraction", "must be in [0, 1)")
-    if cfg.fingerprints.cutoff <= 0:
-        bad("fingerprints.cutoff", "must be > 0 (Å)")
-    if any(h <= 0 for h in cfg.model.hidden):
-        bad("model.hidden", "layer sizes must be positive")
+    import math
+
+    fp = cfg.fingerprints
+    if not (math.isfinite(fp.cutoff) and fp.cutoff > 0):
+        bad("fingerprints.cutoff", "must be a finite number > 0 (Å)")
+    for owner, sets in [("fingerprints", fp), *((f"fingerprints.elements.{el}", o) for el, o in fp.elements.items())]:
+        for key in ("g2_etas", "g4_etas"):
+            vals = getattr(sets, key)
+            if vals is not None and any(not (math.isfinite(v) and v >= 0) for v in vals):
+                raise ConfigError(f"{src}: [{owner}] {key}: every eta must be a finite number >= 0")
+        if sets.g4_zetas is not None and any(not (math.isfinite(z) and z >= 1) for z in sets.g4_zetas):
+            raise ConfigError(f"{src}: [{owner}] g4_zetas: every zeta must be >= 1")
+        if sets.g4_gammas is not None and any(abs(g) > 1 for g in sets.g4_gammas):
+            raise ConfigError(f"{src}: [{owner}] g4_gammas: every gamma must be in [-1, 1]")
+    if not cfg.model.hidden or any(h <= 0 for h in cfg.model.hidden):
+        bad("model.hidden", "need at least one hidden layer, all sizes positive")
+    if cfg.optimizer.history < 1:
+        bad("optimizer.history", "must be >= 1")
+    if cfg.parallel.memory_per_rank < 0:
+        bad("parallel.memory_per_rank", "must be >= 0 (GiB; 0 = automatic)")
     if cfg.loss.force_coefficient < 0:
         bad("loss.force_coefficient", "must be >= 0")
     if cfg.optimizer.max_iterations < 0:
@@ -234,10 +250,8 @@ def _check_ranges(cfg: Config, src: str) -> None:
 
 
 def parse_config(table: dict[str, Any], source: str = "<config>") -> Config:
-    """Build a validated Config from a parsed TOML table.
-
-    Relative data/output paths are taken relative to the config file's folder.
-    """
+    """Build a validated Config from a parsed TOML table (paths are left as written;
+    :func:`load_config` resolves them against the config file's folder)."""
     sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "path"}
     kwargs: dict[str, Any] = {}
     for name, value in table.items():

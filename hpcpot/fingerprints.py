@@ -107,6 +107,13 @@ class SymmetryFunctions:
             "g4_zetas": cfg.g4_zetas if cfg.g4_zetas is not None else DEFAULT_G4_ZETAS,
             "g4_gammas": cfg.g4_gammas if cfg.g4_gammas is not None else DEFAULT_G4_GAMMAS,
         }
+        from .config import ConfigError
+
+        unknown = sorted(set(cfg.elements) - set(elements))
+        if unknown:
+            raise ConfigError(
+                f"[fingerprints.elements.{unknown[0]}]: {unknown[0]} is not an element of the model ({', '.join(sorted(elements))})"
+            )
         per = {}
         for el in elements:
             p = dict(base)
@@ -482,6 +489,8 @@ def compute_fingerprints(
     element with fewer functions are 0) and, if ``with_derivs``, the sparse derivatives
     (``dtype`` float64 or float32).  ``progress(done_images)`` is called after each chunk.
     """
+    if tuple(st.elements) != tuple(sf.elements):
+        raise ValueError(f"structures number species by {st.elements}, the fingerprint set by {sf.elements}")
     n_el = len(sf.elements)
     sub_idx, sub_len = sf.block_tables()
     g4_list, g4_nlist = sf.g4_pair_tables()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from conftest import MPIEXEC, REF, ROOT, need
 from hpcpot import checkpoint as ckpt
 
 
-def _write_cfg(d, iters, every=1, extra=""):
+def _write_cfg(d, iters, every=1, extra="", e_rmse=1e-12, f_rmse=1e-12):
     cfg = d / "c.toml"
     cfg.write_text(f"""
 [data]
@@ -28,8 +29,8 @@ hidden = [6]
 [optimizer]
 max_iterations = {iters}
 [convergence]
-energy_rmse = 1e-12
-force_rmse = 1e-12
+energy_rmse = {e_rmse}
+force_rmse = {f_rmse}
 [checkpoint]
 every = {every}
 keep = 3
@@ -61,16 +62,16 @@ def test_save_load_round_trip_and_damage(tmp_path):
     # a newer but truncated file is reported and the older one is used
     c.iteration = 8
     newer = ckpt.save(str(tmp_path), c)
-    data = open(newer, "rb").read()
-    open(newer, "wb").write(data[: len(data) // 2])
+    newer = Path(newer)
+    newer.write_bytes(newer.read_bytes()[: newer.stat().st_size // 2])
     msgs = []
     got = ckpt.latest(str(tmp_path), log=msgs.append)
     assert got.iteration == 7 and any("unreadable checkpoint" in m for m in msgs)
     # a bit flip inside the parameters fails the zip CRC
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     i = data.find(np.arange(5.0).tobytes())
     data[i + 9] ^= 0x40
-    open(path, "wb").write(bytes(data))
+    Path(path).write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError):
         ckpt.load(path)
     assert ckpt.latest(str(tmp_path), log=msgs.append) is None
@@ -121,27 +122,29 @@ def test_sigusr1_writes_checkpoint_and_exits_cleanly(tmp_path):
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_sigkill_at_random_moments_then_restart(tmp_path):
-    iters = 40
+    # run to a convergence criterion the reference meets after ~50 iterations
+    iters, crit = 400, {"e_rmse": 0.006, "f_rmse": 0.2}
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
-    p = _start(2, _write_cfg(ref_dir, iters))
+    p = _start(2, _write_cfg(ref_dir, iters, **crit))
     p.communicate(timeout=120)
     assert p.returncode == 0
-    ref_loss, _ = _final_loss(ref_dir)
+    ref_loss, ref_it = _final_loss(ref_dir)
+    assert 20 < ref_it < iters
     rng = np.random.default_rng(0)
     trials = 20
     loaded = restarted = 0
     for k in range(trials):
         d = tmp_path / f"t{k}"
         d.mkdir()
-        cfg = _write_cfg(d, iters)
+        cfg = _write_cfg(d, iters, **crit)
         p = _start(2, cfg)
         ck_dir = d / "out" / "checkpoints"
         t = time.time()
         while not (ck_dir.exists() and any(ck_dir.glob("checkpoint-*.npz"))):
             assert time.time() - t < 60 and p.poll() is None, p.communicate()
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))  # somewhere during training / checkpoint writes
+        time.sleep(rng.uniform(0.0, 0.15))  # somewhere during training / checkpoint writes
         os.killpg(p.pid, signal.SIGKILL)  # mpiexec, proxy and both ranks at once
         p.communicate()
         ck = ckpt.latest(str(ck_dir), log=lambda m: pytest.fail(m))
@@ -153,8 +156,10 @@ def test_sigkill_at_random_moments_then_restart(tmp_path):
         out, err = r.communicate(timeout=120)
         assert r.returncode == 0, err
         loss, it = _final_loss(d)
-        assert it == iters
-        # L-BFGS-B restarts without its curvature history, so the path differs a little
-        assert loss == pytest.approx(ref_loss, rel=0.5), (loss, ref_loss)
+        status = json.loads((d / "out" / "status.json").read_text())
+        assert status["state"] == "converged", status
+        # both stop just below the same criteria; L-BFGS-B restarts without its curvature
+        # history, so the path (and the last step taken) differs a little
+        assert loss == pytest.approx(ref_loss, rel=0.3), (loss, ref_loss, ck.iteration)
         restarted += 1
     assert loaded == trials and restarted >= trials // 2

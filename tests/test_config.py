@@ -276,3 +276,32 @@ def test_per_element_override_other_keys_and_preset():
     assert [f["Rs"] for f in d["Pt"][:4]] == [0.0, 0.0, 1.5, 1.5]
     assert all(f["gamma"] == 1.0 for f in d["Pt"][16:])
     np.testing.assert_allclose(sorted({f["eta"] for f in d["Pt"][:16]}), np.logspace(np.log10(0.05), np.log10(5.0), 4))
+
+
+@pytest.mark.parametrize(
+    "table, key",
+    [
+        ({"fingerprints": {"cutoff": float("nan")}}, "cutoff"),
+        ({"fingerprints": {"cutoff": float("inf")}}, "cutoff"),
+        ({"optimizer": {"history": 0}}, "history"),
+        ({"model": {"hidden": []}}, "hidden"),
+        ({"fingerprints": {"g4_zetas": [0.0]}}, "g4_zetas"),
+        ({"fingerprints": {"g2_etas": [-1.0]}}, "g2_etas"),
+        ({"fingerprints": {"elements": {"O": {"g4_gammas": [2.0]}}}}, "g4_gammas"),
+        ({"parallel": {"memory_per_rank": -1.0}}, "memory_per_rank"),
+    ],
+)
+def test_more_bad_ranges_name_the_key(table, key):
+    from hpcpot.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=key):
+        parse_config(table, "run.toml")
+
+
+def test_override_for_an_element_not_in_the_model_is_an_error():
+    from hpcpot.config import ConfigError, parse_config
+    from hpcpot.fingerprints import SymmetryFunctions
+
+    cfg = parse_config({"fingerprints": {"elements": {"Oxygen": {"g2_etas": [1.0]}}}}, "run.toml")
+    with pytest.raises(ConfigError, match="Oxygen"):
+        SymmetryFunctions.from_config(cfg.fingerprints, ["O", "Pt"])

@@ -375,6 +375,25 @@ def test_permutation_equivariance(name):
         np.testing.assert_allclose(dGb, dG[p][:, :, p], rtol=0, atol=1e-10 * np.abs(dG).max())
 
 
+def test_non_periodic_cell_vector_is_irrelevant():
+    # a slab/wire with a zero (or any) cell vector along its non-periodic directions
+    sf = SymmetryFunctions.from_lists(["O", "Pt"], CUSTOM_CUTOFF, CUSTOM)
+    pos = [[0.0, 0.0, 0.0], [1.4, 0.8, 1.2], [2.0, -0.5, 2.5]]
+    for pbc, zero, full in (
+        ([True, True, False], [[3.1, 0, 0], [1.2, 2.9, 0], [0, 0, 0]], [[3.1, 0, 0], [1.2, 2.9, 0], [0.3, 0.2, 7.0]]),
+        ([True, False, False], [[2.8, 0, 0], [0, 0, 0], [0, 0, 0]], [[2.8, 0, 0], [0.5, 9.0, 0], [0, 1.0, 9.0]]),
+    ):
+        a = Atoms("PtOO", positions=pos, cell=zero, pbc=pbc)
+        b = Atoms("PtOO", positions=pos, cell=full, pbc=pbc)
+        Ga, dGa = fingerprint_derivatives_dense(a, sf)
+        Gb, dGb = fingerprint_derivatives_dense(b, sf)
+        np.testing.assert_allclose(Ga, Gb, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(dGa, dGb, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(
+            Gb, reference_fingerprints(b, CUSTOM_CUTOFF, {e: CUSTOM[e] for e in ("O", "Pt")}), rtol=1e-10
+        )
+
+
 def test_like_atoms_in_equivalent_sites_have_equal_fingerprints():
     # a symmetric molecule: the two H of water are equivalent, the O differs
     G = fingerprints(molecule("H2O"), SymmetryFunctions.from_config(FingerprintConfig(), ["H", "O"]))
