@@ -156,6 +156,16 @@ class ShardProblem:
     def buffer_size(self) -> int:
         return N_HEAD + self.layout.n_params
 
+    # Atoms go through the networks in blocks of this many rows, so that the temporaries of
+    # the backward passes stay in cache: on the reference set (3000 images, 2 x 20 tanh),
+    # loss+gradient with forces took 98 ms with 2048-row blocks against 133 ms unblocked
+    # (medians of 24, interleaved; 512: 110, 1024: 109, 4096: 100).
+    block = 2048
+
+    def _blocks(self, e: int):
+        n = len(self.X[e])
+        return [(b0, min(n, b0 + self.block)) for b0 in range(0, n, self.block)]
+
     def evaluate(self, params: np.ndarray, with_grad: bool = True, out: np.ndarray | None = None) -> np.ndarray:
         """Partial sums of this shard (see module doc); ``out`` is filled and returned.
 
@@ -165,6 +175,7 @@ class ShardProblem:
         buf = np.zeros(self.buffer_size if with_grad else N_HEAD) if out is None else out
         buf[:] = 0.0
         ne = len(lay.elements)
+        do_forces = self.with_forces and self.n_images > 0
         Ehat = np.zeros(self.n_images)
         passes = []
         for e in range(ne):
@@ -173,23 +184,28 @@ class ShardProblem:
                 continue
             layers = lay.unpack(params, e)
             slope, intercept = lay.slope_intercept(params, e)
-            ps = forward(layers, self.X[e], lay.activation, need_d2=self.with_forces and with_grad)
-            Ehat += np.bincount(self.img[e], weights=slope * ps.out + intercept, minlength=self.n_images)
-            passes.append((layers, ps, slope))
+            out_e = np.empty(len(self.X[e]))
+            blocks = []
+            for b0, b1 in self._blocks(e):
+                ps = forward(layers, self.X[e][b0:b1], lay.activation, need_d2=do_forces and with_grad)
+                out_e[b0:b1] = ps.out
+                blocks.append((b0, b1, ps))
+            Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
+            passes.append((layers, slope, blocks, out_e))
         rE = (Ehat - self.energy) / self.natoms
         loss = 0.5 * float(rE @ rE)
         buf[1] = rE @ rE
         buf[2] = self.n_images
         maxE = float(np.abs(rE).max()) if self.n_images else 0.0
         maxF = 0.0
-        do_forces = self.with_forces and self.n_images > 0
         if do_forces:
             for e in range(ne):
                 if passes[e] is None:
                     continue
-                layers, ps, slope = passes[e]
-                r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
-                self.g[r0:r1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
+                layers, slope, blocks, _ = passes[e]
+                r0 = self.elem_ptr[e]
+                for b0, b1, ps in blocks:
+                    self.g[r0 + b0 : r0 + b1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
             self.v[:] = 0.0
             sq = np.empty(self.n_images)
             mx = np.empty(self.n_images)
@@ -207,19 +223,21 @@ class ShardProblem:
         for e in range(ne):
             if passes[e] is None:
                 continue
-            layers, ps, slope = passes[e]
+            layers, slope, blocks, out_e = passes[e]
             wE_atom = wE[self.img[e]]
-            v = None
-            if do_forces:
-                r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
-                v = self.v[r0:r1, : lay.n_inputs[e]]
-            grads, outdot = parameter_gradient(layers, ps, slope * wE_atom, v, -slope)
             gl = lay.unpack(grad, e)
-            for (gW, gb), (dW, db) in zip(gl, grads, strict=True):
-                gW += dW
-                gb += db
+            r0 = self.elem_ptr[e]
+            outdot_sum = 0.0
+            for b0, b1, ps in blocks:
+                v = self.v[r0 + b0 : r0 + b1, : lay.n_inputs[e]] if do_forces else None
+                grads, outdot = parameter_gradient(layers, ps, slope * wE_atom[b0:b1], v, -slope)
+                for (gW, gb), (dW, db) in zip(gl, grads, strict=True):
+                    gW += dW
+                    gb += db
+                if outdot is not None:
+                    outdot_sum += outdot.sum()
             k = lay.scaling_offset + 2 * e
-            grad[k] += wE_atom @ ps.out - (outdot.sum() if outdot is not None else 0.0)
+            grad[k] += wE_atom @ out_e - outdot_sum
             grad[k + 1] += wE_atom.sum()
         return buf
 
@@ -273,9 +291,10 @@ class ShardProblem:
                 continue
             layers = lay.unpack(params, e)
             slope, _ = lay.slope_intercept(params, e)
-            ps = forward(layers, self.X[e], lay.activation)
-            r0, r1 = self.elem_ptr[e], self.elem_ptr[e + 1]
-            self.g[r0:r1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
+            r0 = self.elem_ptr[e]
+            for b0, b1 in self._blocks(e):
+                ps = forward(layers, self.X[e][b0:b1], lay.activation)
+                self.g[r0 + b0 : r0 + b1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
         sq, mx = np.empty(self.n_images), np.empty(self.n_images)
         # with F_ref = 0 and weight 1 the kernel leaves F̂ itself in Fhat
         self._forces_and_v(np.zeros_like(self.Fhat), np.ones(self.n_images), sq, mx)

@@ -22,9 +22,11 @@ Scaled fingerprints: ``x = 2 (G − Gmin) / (Gmax − Gmin) − 1`` per element 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 ACTIVATIONS = ("tanh", "sigmoid", "linear")
 
@@ -98,16 +100,41 @@ def activation_derivs(a: np.ndarray, kind: str, need_d2: bool = True) -> tuple[n
     return np.ones_like(a), (np.zeros_like(a) if need_d2 else None)
 
 
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@njit(cache=True, fastmath=True)
+def _tanh_and_derivative(z, d1, ki, pv):
+    """z <- tanh(z), d1 <- 1 - tanh(z)^2, for a C-contiguous 2-D block.
+
+    tanh = 1 - 2/(exp(2z) + 1) with exp by range reduction and a degree-12 polynomial, written
+    so that LLVM vectorises it (libm's exp does not): 157 µs against 342 µs for numpy's
+    exp-based tanh plus derivative on a 2048 x 20 block on this AVX2 machine; max error 4e-16.
+    ki, pv: scratch arrays of z.size.
+    """
+    zf = z.ravel()
+    df = d1.ravel()
+    n = zf.size
+    for i in range(n):
+        y = 2.0 * min(max(zf[i], -20.0), 20.0)  # tanh(±20) is ±1 in float64
+        k = math.floor(y * _LOG2E + 0.5)
+        r = (y - k * _LN2_HI) - k * _LN2_LO
+        p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (1.0 / 720 + r * (
+            1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (1.0 / 3628800 + r * (
+                1.0 / 39916800 + r * (1.0 / 479001600))))))))))))  # fmt: skip
+        ki[i] = (np.int64(k) + 1023) << 52  # 2^k as float64 bits
+        pv[i] = p
+    kf = ki.view(np.float64)
+    for i in range(n):
+        a = 1.0 - 2.0 / (pv[i] * kf[i] + 1.0)
+        zf[i] = a
+        df[i] = 1.0 - a * a
+
+
 def activate(z: np.ndarray, kind: str) -> np.ndarray:
-    """f(z), in place.  tanh as 1 − 2/(exp(2z) + 1): numpy's float64 exp is ~2x faster than
-    its tanh on this AVX2 machine (measured: 4.8 vs 9.8 ms for 720k values)."""
-    if kind == "tanh":
-        np.multiply(z, 2.0, out=z)
-        np.exp(z, out=z)
-        z += 1.0
-        np.divide(-2.0, z, out=z)
-        z += 1.0
-        return z
+    """f(z), in place, for sigmoid and linear (tanh goes through _tanh_and_derivative)."""
     if kind == "sigmoid":
         np.negative(z, out=z)
         np.exp(z, out=z)
@@ -134,9 +161,15 @@ def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, kind: st
     for W, b in layers[:-1]:
         z = a @ W.T
         z += b
-        a = activate(z, kind)
+        if kind == "tanh":
+            d1 = np.empty_like(z)
+            _tanh_and_derivative(z, d1, np.empty(z.size, np.int64), np.empty(z.size))
+            a = z
+            d2 = -2.0 * a * d1 if need_d2 else None
+        else:
+            a = activate(z, kind)
+            d1, d2 = activation_derivs(a, kind, need_d2)
         acts.append(a)
-        d1, d2 = activation_derivs(a, kind, need_d2)
         d1s.append(d1)
         d2s.append(d2)
     W, b = layers[-1]
