@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .config import ConfigError, load_config
-from .parallel import GlobalError, run_guarded, world
+from .parallel import GlobalError, SignalFlag, run_guarded, world
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restart", action="store_true", help="resume from the newest valid checkpoint in <output.dir>/checkpoints")
     ap.add_argument("--overwrite", action="store_true", help="start over even if <output.dir> holds a run (old files are moved aside, not deleted)")
     args = ap.parse_args(argv)
+    flag = SignalFlag()  # first thing: a SIGUSR1/SIGTERM during start-up is recorded, not fatal
     comm = world()
 
     def run() -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config)
         except ConfigError as exc:
             raise GlobalError(str(exc)) from None
-        return train(comm, cfg, restart=args.restart, overwrite=args.overwrite)
+        return train(comm, cfg, restart=args.restart, overwrite=args.overwrite, flag=flag)
 
     return run_guarded(comm, run)
 

@@ -294,18 +294,17 @@ def prepare_output(cfg: Config, restart: bool, overwrite: bool) -> None:
     _ = model
 
 
-def train(comm: SerialComm, cfg: Config, restart: bool = False, overwrite: bool = False) -> int:
-    """The whole run.  Returns the process exit code."""
+def train(comm: SerialComm, cfg: Config, restart: bool = False, overwrite: bool = False, flag: SignalFlag | None = None) -> int:
+    """The whole run.  Returns the process exit code.  ``flag`` records SIGTERM/SIGUSR1/SIGINT
+    (created here if not given; the CLI creates it first thing, so early signals count)."""
     log = make_printer(comm)
-    flag = SignalFlag()
+    flag = flag or SignalFlag()
     t_run = time.perf_counter()
     if comm.rank == 0:
         prepare_output(cfg, restart, overwrite)
     comm.barrier()
     print_header(comm, cfg, log)
     setup = build(comm, cfg, log)
-    if flag.received is not None and not restart and comm.rank == 0:
-        log(f"signal {flag.received} during set-up; continuing to the first iteration, where a checkpoint is written")
     with_forces = setup.train.with_forces
     ev = Evaluator(comm, setup.train, setup.valid)
     if comm.rank != 0:
@@ -338,7 +337,8 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         if len(ck.params) != setup.layout.n_params:
             raise GlobalError(f"--restart: checkpoint has {len(ck.params)} parameters, the model {setup.layout.n_params}")
         x, it0, elapsed0, stage = ck.params, ck.iteration, ck.elapsed, ck.stage
-        anneal_state = ck if stage == "anneal" else None
+        anneal_state = ck if stage == "anneal" and "current" in ck.arrays else None
+        _truncate_log(os.path.join(out, "log.jsonl"), it0 if stage != "anneal" else 0)
         log(f"restart: resuming stage '{stage}' at iteration {it0} from {ck_dir}")
         if stage == "done":
             log("the checkpointed run had already finished; nothing to do")
@@ -360,6 +360,11 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         return float(ev.evaluate(p, CMD_LOSS)[0])
 
     try:
+        # a signal during set-up: checkpoint now (keeping any annealer state), not after an iteration
+        if anneal_state is not None:
+            check_signal("anneal", it0, x, anneal_state.extra, anneal_state.arrays)
+        else:
+            check_signal(stage, it0, x)
         if stage == "anneal":
             x = anneal(loss_only, x, cfg.anneal, log, resume=anneal_state,
                        on_update=lambda step, extra, arrays: check_signal("anneal", step, arrays["best"], extra, arrays),
@@ -412,6 +417,26 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     return 0
 
 
+def _truncate_log(path: str, last_iteration: int) -> None:
+    """Drop log records after the checkpoint being resumed (they will be redone), so that a
+    restarted run's log.jsonl has every iteration exactly once."""
+    if not os.path.exists(path):
+        return
+    with open(path) as fh:
+        keep = [line for line in fh if line.strip() and json.loads(line).get("iteration", 0) <= last_iteration]
+    blob = "".join(keep).encode()
+    ckpt.atomic_write_bytes(path, lambda fh: fh.write(blob))
+
+
+def _json_safe(x):
+    """NaN/inf -> None, so that status.json is strict JSON."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def _write_status(out: str, state: str, message: str, stats=None) -> None:
-    blob = json.dumps({"state": state, "message": message, "stats": stats}, indent=1).encode()
+    blob = json.dumps(_json_safe({"state": state, "message": message, "stats": stats}), indent=1, allow_nan=False).encode()
     ckpt.atomic_write_bytes(os.path.join(out, "status.json"), lambda fh: fh.write(blob))

@@ -48,6 +48,10 @@ def _start(n, cfg, *args):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
 
 
+def _no_nan(name):
+    raise ValueError(f"status.json is not strict JSON: {name}")
+
+
 def _final_loss(d):
     lines = (d / "out" / "log.jsonl").read_text().splitlines()
     return json.loads(lines[-1])["loss"], json.loads(lines[-1])["iteration"]
@@ -156,8 +160,10 @@ def test_sigkill_at_random_moments_then_restart(tmp_path):
         out, err = r.communicate(timeout=120)
         assert r.returncode == 0, err
         loss, it = _final_loss(d)
-        status = json.loads((d / "out" / "status.json").read_text())
+        status = json.loads((d / "out" / "status.json").read_text(), parse_constant=_no_nan)
         assert status["state"] == "converged", status
+        its = [json.loads(x)["iteration"] for x in (d / "out" / "log.jsonl").read_text().splitlines()]
+        assert its == list(range(1, len(its) + 1))  # redone iterations are logged once
         # both stop just below the same criteria; L-BFGS-B restarts without its curvature
         # history, so the path (and the last step taken) differs a little
         assert loss == pytest.approx(ref_loss, rel=0.3), (loss, ref_loss, ck.iteration)
