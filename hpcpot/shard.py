@@ -129,20 +129,32 @@ def pair_cost(st: Structures, cutoff: float) -> np.ndarray:
     return neighbor_counts(st, cutoff).astype(float)
 
 
-def shard_indices(comm: SerialComm, images: ImageSet, gidx: np.ndarray, cutoff: float) -> np.ndarray:
-    """Global indices this rank owns out of ``gidx``, balanced by pair cost.
+def read_shard(comm: SerialComm, images: ImageSet, gidx: np.ndarray, cutoff: float, need_forces: bool) -> Structures:
+    """Read and validate the images this rank owns out of ``gidx``, balanced by pair cost.
 
-    Two steps: each rank measures the cost of an equal-count slice (positions only), the
-    costs are gathered (N floats), and every rank computes the same cost-balanced ranges.
+    Each rank reads an equal-count slice and measures its cost, the costs are gathered (N
+    floats), every rank computes the same cost-balanced contiguous ranges, and then reads
+    only the images of its range that it does not hold yet (usually few).
     """
     if comm.size == 1 or len(gidx) == 0:
-        return gidx
+        return images.read(gidx, need_forces)
     eq = np.linspace(0, len(gidx), comm.size + 1).astype(np.int64)
-    mine = gidx[eq[comm.rank] : eq[comm.rank + 1]]
-    local = pair_cost(images.read(mine, need_forces=False), cutoff) if len(mine) else np.zeros(0)
+    first = gidx[eq[comm.rank] : eq[comm.rank + 1]]
+    pre = images.read(first, need_forces)
+    local = pair_cost(pre, cutoff) if len(first) else np.zeros(0)
     cost = np.concatenate(comm.allgather(local))
     b = balanced_ranges(cost, comm.size)
-    return gidx[b[comm.rank] : b[comm.rank + 1]]
+    mine = gidx[b[comm.rank] : b[comm.rank + 1]]
+    have = np.isin(mine, first)
+    kept = pre.subset(np.searchsorted(first, mine[have]))
+    if have.all():
+        return kept
+    extra = images.read(mine[~have], need_forces)
+    from .data import concat_structures
+
+    both = concat_structures([kept, extra], tuple(sorted(set(kept.elements) | set(extra.elements))))
+    order = np.argsort(np.concatenate([mine[have], mine[~have]]), kind="stable")
+    return both.subset(order)
 
 
 def split_global(comm: SerialComm, images: ImageSet, fraction: float, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from .model import Layout, initial_parameters
 from .modelfile import Model
 from .optimize import Interrupted, LogWriter, Stats, run_optimizer
 from .parallel import CMD_LOSS, CMD_VALID, Evaluator, GlobalError, SerialComm, SignalFlag
-from .shard import ImageSet, shard_indices, split_global
+from .shard import ImageSet, read_shard, split_global
 
 
 def make_printer(comm: SerialComm):
@@ -173,10 +173,8 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
         g_train, g_val = split_global(comm, images, cfg.data.validation_fraction, cfg.data.seed, cfg.data.split_key)
     if len(g_train) == 0:
         raise GlobalError("no training images after the train/validation split")
-    mine_t = shard_indices(comm, images, g_train, fp.cutoff)
-    mine_v = shard_indices(comm, vimages, g_val, fp.cutoff)
-    st_t = images.read(mine_t, need_forces)
-    st_v = vimages.read(mine_v, need_forces)
+    st_t = read_shard(comm, images, g_train, fp.cutoff, need_forces)
+    st_v = read_shard(comm, vimages, g_val, fp.cutoff, need_forces)
     if cfg.model.elements:
         els = tuple(sorted(cfg.model.elements))
     else:
