@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,8 +216,6 @@ def _check_ranges(cfg: Config, src: str) -> None:
 
     if not 0.0 <= cfg.data.validation_fraction < 1.0:
         bad("data.validation_fraction", "must be in [0, 1)")
-    import math
-
     fp = cfg.fingerprints
     if not (math.isfinite(fp.cutoff) and fp.cutoff > 0):
         bad("fingerprints.cutoff", "must be a finite number > 0 (Å)")
@@ -229,24 +228,21 @@ def _check_ranges(cfg: Config, src: str) -> None:
             raise ConfigError(f"{src}: [{owner}] g4_zetas: every zeta must be >= 1")
         if sets.g4_gammas is not None and any(abs(g) > 1 for g in sets.g4_gammas):
             raise ConfigError(f"{src}: [{owner}] g4_gammas: every gamma must be in [-1, 1]")
-    if not cfg.model.hidden or any(h <= 0 for h in cfg.model.hidden):
-        bad("model.hidden", "need at least one hidden layer, all sizes positive")
-    if cfg.optimizer.history < 1:
-        bad("optimizer.history", "must be >= 1")
-    if cfg.parallel.memory_per_rank < 0:
-        bad("parallel.memory_per_rank", "must be >= 0 (GiB; 0 = automatic)")
-    if cfg.loss.force_coefficient < 0:
-        bad("loss.force_coefficient", "must be >= 0")
-    if cfg.optimizer.max_iterations < 0:
-        bad("optimizer.max_iterations", "must be >= 0")
-    if cfg.anneal.enabled and not (cfg.anneal.tmax > cfg.anneal.tmin > 0):
-        bad("anneal.tmax", "need tmax > tmin > 0")
-    if cfg.anneal.steps < 1:
-        bad("anneal.steps", "must be >= 1")
-    if cfg.checkpoint.every < 0:
-        bad("checkpoint.every", "must be >= 0")
-    if cfg.checkpoint.keep < 1:
-        bad("checkpoint.keep", "must be >= 1")
+    a = cfg.anneal
+    for key, ok, msg in (
+        ("model.hidden", bool(cfg.model.hidden) and all(h > 0 for h in cfg.model.hidden),
+         "need at least one hidden layer, all sizes positive"),
+        ("optimizer.history", cfg.optimizer.history >= 1, "must be >= 1"),
+        ("parallel.memory_per_rank", cfg.parallel.memory_per_rank >= 0, "must be >= 0 (GiB; 0 = automatic)"),
+        ("loss.force_coefficient", cfg.loss.force_coefficient >= 0, "must be >= 0"),
+        ("optimizer.max_iterations", cfg.optimizer.max_iterations >= 0, "must be >= 0"),
+        ("anneal.tmax", not a.enabled or a.tmax > a.tmin > 0, "need tmax > tmin > 0"),
+        ("anneal.steps", a.steps >= 1, "must be >= 1"),
+        ("checkpoint.every", cfg.checkpoint.every >= 0, "must be >= 0"),
+        ("checkpoint.keep", cfg.checkpoint.keep >= 1, "must be >= 1"),
+    ):  # fmt: skip
+        if not ok:
+            bad(key, msg)
 
 
 def parse_config(table: dict[str, Any], source: str = "<config>") -> Config:
