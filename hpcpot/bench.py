@@ -154,7 +154,7 @@ def worker(args) -> int:
         cfg = load_config(cfgp) if comm.rank == 0 else None
         cfg = comm.bcast(cfg)
         setup = build(comm, cfg, lambda *a: None)
-    startup = float(comm.allreduce_max(np.array(_process_age())))
+    startup = float(comm.allreduce_max(np.array([_process_age()]))[0])
     ev = Evaluator(comm, setup.train)
     rss = comm.allgather(_rss_mib())
     if comm.rank != 0:

@@ -79,10 +79,10 @@ class MPIComm(SerialComm):
         self.comm.Bcast(arr, root=root)
 
     def _allreduce(self, arr: np.ndarray, op) -> np.ndarray:
-        if arr.ndim == 0:
-            out = np.array(arr)
-            self.comm.Allreduce(self._MPI.IN_PLACE, out, op=op)
-            return out
+        """In place on a contiguous array of at least one element (a 0-d array would need a
+        copy, and a caller ignoring the return value would silently keep its local value)."""
+        if arr.ndim == 0 or not arr.flags.c_contiguous:
+            raise ValueError("allreduce needs a C-contiguous array with ndim >= 1")
         self.comm.Allreduce(self._MPI.IN_PLACE, arr, op=op)
         return arr
 

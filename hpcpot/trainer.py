@@ -186,9 +186,9 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     sf = SymmetryFunctions.from_config(fp, list(els))
     itemsize = {"float32": 4, "float64": 8, "recompute": 0}[fp.storage]
     need = memory_forecast(st_t, sf, need_forces, itemsize) + memory_forecast(st_v, sf, need_forces, itemsize)
-    need_max = float(comm.allreduce_max(np.array(need)))
+    need_max = float(comm.allreduce_max(np.array([need]))[0])
     limit = cfg.parallel.memory_per_rank * 2**30 if cfg.parallel.memory_per_rank > 0 else _node_memory_per_rank(comm)
-    limit = float(comm.allreduce_min(np.array(limit)))
+    limit = float(comm.allreduce_min(np.array([limit]))[0])
     log(f"memory forecast: {need_max / 2**30:.3f} GiB on the busiest rank "
         f"(limit {limit / 2**30:.2f} GiB per rank; derivatives stored as {fp.storage})")  # fmt: skip
     if need_max > limit:
@@ -214,10 +214,9 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
         G_t, b_t = compute_fingerprints(st_t, sf, store, dtype, progress=prog)
         G_v, b_v = compute_fingerprints(st_v, sf, store, dtype)
     t2 = time.perf_counter()
-    nb = np.array(float(b_t.nbytes if b_t is not None else 0))
-    comm.allreduce_sum(nb)
+    nb = comm.allreduce_sum(np.array([float(b_t.nbytes if b_t is not None else 0)]))[0]
     log(f"fingerprints{' and derivatives' if need_forces else ''}: {t2 - t1:.1f} s, "
-        f"{float(nb) / 2**20:.1f} MiB of derivatives in total")  # fmt: skip
+        f"{nb / 2**20:.1f} MiB of derivatives in total")  # fmt: skip
     ne, nm = len(els), sf.n_max
     gmin = np.full((ne, nm), np.inf)
     gmax = np.full((ne, nm), -np.inf)
