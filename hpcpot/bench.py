@@ -10,6 +10,8 @@ start-up time, and the predicted parallel efficiency at 16, 64 and 256 ranks.
 
 from __future__ import annotations
 
+from . import _threads  # noqa: F401  (before numpy: one BLAS thread per rank)
+
 import argparse
 import json
 import math

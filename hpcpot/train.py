@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import _threads  # noqa: F401  (before numpy: one BLAS thread per rank)
 from .config import ConfigError, load_config
 from .parallel import GlobalError, SignalFlag, run_guarded, world
 

@@ -74,7 +74,7 @@ stop_pid() { # name  (SIGTERM, wait up to 15 s, then SIGKILL)
 write_conf() {
     local host cpus mem
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(nproc --all)  # --all: plain nproc obeys OMP_NUM_THREADS, which callers may have set to 1
     mem=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
     cat >"$CONF" <<EOF
 # minimal one-node cluster on localhost (written by tests/slurm/cluster.sh)
