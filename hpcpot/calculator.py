@@ -24,8 +24,8 @@ class Calculator(_AseCalculator):
         super().calculate(atoms, properties, system_changes)
         m = self.model
         st = structure_arrays(self.atoms, m.layout.elements)
-        # always compute forces with the energy: ASE asks for them next, and they cost about
-        # as much as the fingerprint derivatives, which this call computes anyway
+        # forces always come with the energy: MD asks for both at every step, and computing the
+        # derivatives once beats a second fingerprint pass when forces are asked for next
         G, blocks = compute_fingerprints(st, m.sf, with_derivs=True)
         prob = ShardProblem(st, G, blocks, m.layout, m.gmin, m.gmax, m.sf.block_tables(), 1.0)
         energy, forces = prob.predict(m.params)
