@@ -82,12 +82,31 @@ def memory_forecast(st: Structures, sf: SymmetryFunctions, with_forces: bool, it
     return float(b)
 
 
+def node_memory_limit() -> float:
+    """Bytes this node's job may use: physical memory, lowered by a cgroup v2 limit and by
+    SLURM's --mem (SLURM_MEM_PER_NODE, MiB) or --mem-per-cpu (SLURM_MEM_PER_CPU x
+    SLURM_CPUS_ON_NODE) when set."""
+    limits = [float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))]
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            v = fh.read().strip()
+        if v.isdigit():
+            limits.append(float(v))
+    except OSError:
+        pass
+    env = os.environ
+    if env.get("SLURM_MEM_PER_NODE", "").isdigit() and int(env["SLURM_MEM_PER_NODE"]) > 0:
+        limits.append(float(env["SLURM_MEM_PER_NODE"]) * 2**20)
+    if env.get("SLURM_MEM_PER_CPU", "").isdigit() and env.get("SLURM_CPUS_ON_NODE", "").isdigit():
+        limits.append(float(env["SLURM_MEM_PER_CPU"]) * int(env["SLURM_CPUS_ON_NODE"]) * 2**20)
+    return min(limits)
+
+
 def _node_memory_per_rank(comm: SerialComm) -> float:
     hosts = comm.hosts()
     here = hosts[comm.rank]
     per_node = sum(h == here for h in hosts)
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return total / per_node
+    return node_memory_limit() / per_node
 
 
 def data_digest(comm: SerialComm, st_train: Structures, st_valid: Structures) -> str:

@@ -87,3 +87,17 @@ def test_help_runs():
     assert r.returncode == 0 and "--restart" in r.stdout
     r = subprocess.run([sys.executable, "-m", "hpcpot.bench", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and "--ranks" in r.stdout
+
+
+def test_memory_limit_follows_slurm(monkeypatch):
+    from hpcpot.trainer import node_memory_limit
+
+    monkeypatch.delenv("SLURM_MEM_PER_CPU", raising=False)
+    monkeypatch.delenv("SLURM_MEM_PER_NODE", raising=False)
+    phys = node_memory_limit()
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "1024")
+    assert node_memory_limit() == min(phys, 2**30)
+    monkeypatch.delenv("SLURM_MEM_PER_NODE")
+    monkeypatch.setenv("SLURM_MEM_PER_CPU", "100")
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "4")
+    assert node_memory_limit() == min(phys, 400 * 2**20)
