@@ -316,9 +316,15 @@ def train(comm: SerialComm, cfg: Config, restart: bool = False, overwrite: bool 
     log = make_printer(comm)
     flag = flag or SignalFlag()
     t_run = time.perf_counter()
-    if comm.rank == 0:
-        prepare_output(cfg, restart, overwrite)
-    comm.barrier()
+    problem = None
+    if comm.rank == 0:  # one rank touches the output folder; every rank learns the outcome
+        try:
+            prepare_output(cfg, restart, overwrite)
+        except GlobalError as exc:
+            problem = str(exc)
+    problem = comm.bcast(problem)
+    if problem is not None:
+        raise GlobalError(problem)
     print_header(comm, cfg, log)
     setup = build(comm, cfg, log)
     with_forces = setup.train.with_forces

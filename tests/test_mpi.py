@@ -101,3 +101,11 @@ def test_bad_config_reported_once(tmp_path):
     r = run_mpi(2, ["-m", "hpcpot.train", str(cfg)], timeout=120)
     assert r.returncode != 0
     assert r.stderr.count("unknown key 'hiden'") == 1, r.stderr
+
+
+def test_refusal_on_rank_0_ends_every_rank(tmp_path):
+    cfg = _config(tmp_path, "again", n_images=10, iters=2)
+    assert run_mpi(2, ["-m", "hpcpot.train", str(cfg)]).returncode == 0
+    r = run_mpi(2, ["-m", "hpcpot.train", str(cfg)], timeout=120)  # the folder holds a run now
+    assert r.returncode != 0
+    assert r.stderr.count("already holds a run") == 1, r.stderr
