@@ -18,7 +18,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config
-from .data import Structures, concat_structures
+from .data import DataError, Structures, concat_structures
 from .fingerprints import SymmetryFunctions, compute_fingerprints, neighbor_counts
 from .loss import ShardProblem
 from .model import Layout, initial_parameters
@@ -179,16 +179,18 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     alpha = cfg.loss.force_coefficient
     need_forces = alpha > 0
     fp = cfg.fingerprints
-    images = ImageSet.open(cfg.data.train, cfg.data.index)
+    try:  # every rank opens the same files: report a missing/unreadable one once, not N times
+        images = ImageSet.open(cfg.data.train, cfg.data.index)
+        vimages = ImageSet.open(cfg.data.validation, cfg.data.index) if cfg.data.validation else images
+    except DataError as exc:
+        raise GlobalError(str(exc)) from None
     kinds = {s.kind for s in images.sources}
     if "ase" in kinds and comm.size > 1:
         log("note: every rank parses the non-indexable input files whole; "
             "convert them once with `python -m hpcpot.prepare` for faster start-up")  # fmt: skip
     if cfg.data.validation:
-        vimages = ImageSet.open(cfg.data.validation, cfg.data.index)
         g_train, g_val = np.arange(images.n), np.arange(vimages.n)
     else:
-        vimages = images
         g_train, g_val = split_global(comm, images, cfg.data.validation_fraction, cfg.data.seed, cfg.data.split_key)
     if len(g_train) == 0:
         raise GlobalError("no training images after the train/validation split")

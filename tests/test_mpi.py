@@ -95,6 +95,14 @@ def test_error_on_one_rank_ends_every_rank(tmp_path):
     assert elapsed < 100  # it ends; a hang would hit the timeout
 
 
+def test_missing_data_file_reported_once(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[data]\ntrain = ["nowhere.traj"]\n')
+    r = run_mpi(2, ["-m", "hpcpot.train", str(cfg)], timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.count("nowhere.traj: file not found") == 1, r.stderr
+
+
 def test_bad_config_reported_once(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[data]\ntrain = ["x.traj"]\n[model]\nhiden = [3]\n')
