@@ -159,6 +159,12 @@ def check_image(atoms, source: str, need_forces: bool, elements: tuple[str, ...]
     return float(energy), forces
 
 
+def species_indices(symbols: np.ndarray, elements: tuple[str, ...]) -> np.ndarray:
+    """Index of each symbol in ``elements`` (int64, one lookup per distinct symbol)."""
+    uniq, inv = np.unique(np.asarray(symbols), return_inverse=True)
+    return np.array([elements.index(u) for u in uniq], np.int64)[inv].reshape(-1)
+
+
 def atoms_to_structures(
     items: list, need_forces: bool, elements: tuple[str, ...] | None = None
 ) -> Structures:
@@ -180,8 +186,7 @@ def atoms_to_structures(
         sources.append(src)
     symbols = np.concatenate(symbols_l) if symbols_l else np.zeros(0, "<U2")
     els = tuple(sorted(set(symbols.tolist()))) if elements is None else tuple(elements)
-    uniq, inv = np.unique(symbols, return_inverse=True)
-    species = np.array([els.index(u) for u in uniq], np.int64)[inv].reshape(-1)
+    species = species_indices(symbols, els)
     ptr = np.zeros(len(nat) + 1, np.int64)
     np.cumsum(nat, out=ptr[1:])
     return Structures(

@@ -565,14 +565,13 @@ def compute_fingerprints(
 
 def structure_arrays(atoms, elements: tuple[str, ...]):
     """One ASE Atoms as a one-image Structures (no energy needed)."""
-    from .data import Structures
+    from .data import Structures, species_indices
 
     syms = atoms.get_chemical_symbols()
     unknown = sorted(set(syms) - set(elements))
     if unknown:
         raise ValueError(f"element(s) {', '.join(unknown)} not in the model's elements {', '.join(elements)}")
-    uniq, inv = np.unique(np.array(syms), return_inverse=True)
-    species = np.array([elements.index(u) for u in uniq], np.int64)[inv]
+    species = species_indices(np.array(syms), tuple(elements))
     return Structures(
         tuple(elements), species, atoms.get_positions(), atoms.cell.array[None].copy(),
         atoms.pbc[None].copy(), np.array([0, len(atoms)]), np.zeros(1), None, ["<atoms>"],

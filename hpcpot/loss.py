@@ -241,17 +241,29 @@ class ShardProblem:
             grad[k + 1] += wE_atom.sum()
         return buf
 
-    def predict_energies(self, params: np.ndarray) -> np.ndarray:
-        """Ê per image (eV)."""
+    def _energies(self, params: np.ndarray, fill_g: bool = False) -> np.ndarray:
+        """Ê per image (eV); with ``fill_g`` also the input gradients self.g, from the same
+        forward passes."""
         lay = self.layout
         Ehat = np.zeros(self.n_images)
         for e in range(len(lay.elements)):
             if len(self.X[e]) == 0:
                 continue
+            layers = lay.unpack(params, e)
             slope, intercept = lay.slope_intercept(params, e)
-            ps = forward(lay.unpack(params, e), self.X[e], lay.activation)
-            Ehat += np.bincount(self.img[e], weights=slope * ps.out + intercept, minlength=self.n_images)
+            r0 = self.elem_ptr[e]
+            out_e = np.empty(len(self.X[e]))
+            for b0, b1 in self._blocks(e):
+                ps = forward(layers, self.X[e][b0:b1], lay.activation)
+                out_e[b0:b1] = ps.out
+                if fill_g:
+                    self.g[r0 + b0 : r0 + b1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
+            Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
         return Ehat
+
+    def predict_energies(self, params: np.ndarray) -> np.ndarray:
+        """Ê per image (eV)."""
+        return self._energies(params)
 
     def _forces_and_v(self, F_ref: np.ndarray, wF: np.ndarray, sq: np.ndarray, mx: np.ndarray) -> None:
         """Run the force kernel over stored derivatives, or over recomputed chunks."""
@@ -282,19 +294,9 @@ class ShardProblem:
 
     def predict(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Ê per image (eV) and F̂ per atom (eV/Å, None without derivatives)."""
-        Ehat = self.predict_energies(params)
+        Ehat = self._energies(params, fill_g=self.with_forces)
         if not self.with_forces:
             return Ehat, None
-        lay = self.layout
-        for e in range(len(lay.elements)):
-            if len(self.X[e]) == 0:
-                continue
-            layers = lay.unpack(params, e)
-            slope, _ = lay.slope_intercept(params, e)
-            r0 = self.elem_ptr[e]
-            for b0, b1 in self._blocks(e):
-                ps = forward(layers, self.X[e][b0:b1], lay.activation)
-                self.g[r0 + b0 : r0 + b1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
         sq, mx = np.empty(self.n_images), np.empty(self.n_images)
         # with F_ref = 0 and weight 1 the kernel leaves F̂ itself in Fhat
         self._forces_and_v(np.zeros_like(self.Fhat), np.ones(self.n_images), sq, mx)

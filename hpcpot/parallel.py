@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -198,8 +199,6 @@ class Evaluator:
         self.timing = {"bcast": 0.0, "compute": 0.0, "allreduce": 0.0, "n": 0}
 
     def _run(self, cmd: float) -> np.ndarray:
-        import time
-
         base = cmd % FLAG_MAX
         want_max = cmd >= FLAG_MAX
         params = self.cmd[1:]
@@ -227,8 +226,6 @@ class Evaluator:
 
     def evaluate(self, params: np.ndarray, cmd: float = CMD_GRAD, want_max: bool = False) -> np.ndarray:
         """Rank 0: the reduced buffer ``[loss, ΣrE², n_img, ΣΔF², n_F, grad...]`` (a view)."""
-        import time
-
         self.cmd[0] = cmd + (FLAG_MAX if want_max else 0.0)
         self.cmd[1:] = params
         t0 = time.perf_counter()

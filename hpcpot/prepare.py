@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from .data import DataError, Structures, read_structures
+from .data import DataError, Structures, read_structures, species_indices
 
 MAGIC = "hpcpot-dataset-1"
 
@@ -106,8 +106,7 @@ def read_hdf5(
             k = int(np.nonzero(~finite)[0][0])
             img = int(np.searchsorted(ptr, k, side="right") - 1) if per_atom else k
             raise DataError(f"{path}: image {idx[img]}: {name} contain NaN or inf")
-    uniq, inv = np.unique(syms, return_inverse=True)
-    species = np.array([els.index(u) for u in uniq], np.int64)[inv]
+    species = species_indices(syms, els)
     return Structures(els, species, positions, cells, pbc, ptr, energy, forces, sources), tags
 
 
