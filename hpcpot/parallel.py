@@ -61,6 +61,9 @@ class SerialComm:
         return [socket.gethostname()]
 
 
+ABORT_GRACE_S = 1.0
+
+
 class MPIComm(SerialComm):
     """Thin wrapper of an mpi4py communicator."""
 
@@ -105,6 +108,10 @@ class MPIComm(SerialComm):
     def abort(self, code: int = 1) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # Abort tears the whole job down at once; the launcher (MPICH's hydra, measured under
+        # load) can then drop the aborting rank's last lines before forwarding them.  A short
+        # pause lets the error message reach the user; the other ranks are waiting anyway.
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
     def hosts(self) -> list[str]:
