@@ -187,7 +187,7 @@ class ShardProblem:
             out_e = np.empty(len(self.X[e]))
             blocks = []
             for b0, b1 in self._blocks(e):
-                ps = forward(layers, self.X[e][b0:b1], lay.activation, need_d2=do_forces and with_grad)
+                ps = forward(layers, self.X[e][b0:b1], lay.activation)
                 out_e[b0:b1] = ps.out
                 blocks.append((b0, b1, ps))
             Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)

@@ -88,49 +88,73 @@ def initial_parameters(layout: Layout, slope: np.ndarray, intercept: np.ndarray,
     return p
 
 
-def activation_derivs(a: np.ndarray, kind: str, need_d2: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """(f'(z), f''(z)) expressed through the activation value a = f(z)."""
-    if kind == "tanh":
-        d1 = a * a
-        np.subtract(1.0, d1, out=d1)
-        return d1, (-2.0 * a * d1 if need_d2 else None)
+def activation_d1(a: np.ndarray, kind: str) -> np.ndarray:
+    """f'(z) expressed through the activation value a = f(z) (sigmoid and linear)."""
     if kind == "sigmoid":
-        d1 = a * (1.0 - a)
-        return d1, (d1 * (1.0 - 2.0 * a) if need_d2 else None)
-    return np.ones_like(a), (np.zeros_like(a) if need_d2 else None)
+        return a * (1.0 - a)
+    return np.ones_like(a)
+
+
+# f''(z) = f'(z) * (c0 + c1 * f(z)) for every activation offered: the backward pass of the
+# force term needs f'' but never stores it.
+D2_COEFFICIENTS = {"tanh": (0.0, -2.0), "sigmoid": (1.0, -2.0), "linear": (0.0, 0.0)}
 
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
+_ROUND = 6755399441055744.0  # 1.5 * 2**52: x + _ROUND - _ROUND rounds x to an integer
+# fastmath without "reassoc": reassociation would fold (x + _ROUND) - _ROUND into x.
+_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
 
 
-@njit(cache=True, fastmath=True)
-def _tanh_and_derivative(z, d1, ki, pv):
-    """z <- tanh(z), d1 <- 1 - tanh(z)^2, for a C-contiguous 2-D block.
+@njit(cache=True, fastmath=_FASTMATH)
+def _tanh_and_derivative(z, bias, d1, tv, pv):
+    """z <- tanh(z + bias), d1 <- 1 - tanh(z + bias)^2 for z, d1 C-contiguous (n, h), bias (h,).
 
-    tanh = 1 - 2/(exp(2z) + 1) with exp by range reduction and a degree-12 polynomial, written
-    so that LLVM vectorises it (libm's exp does not): 157 µs against 342 µs for numpy's
-    exp-based tanh plus derivative on a 2048 x 20 block on this AVX2 machine; max error 4e-16.
-    ki, pv: scratch arrays of z.size.
+    Adding the bias here saves numpy's broadcast add, slow on rows of ~20 (40 µs per block).
+
+    With q = exp(-2|z|) in (0, 1]: tanh z = sign(z) (1 - q)/(1 + q), 1 - tanh^2 = 4q/(1 + q)^2
+    (both to a few ulp relative, also where they are tiny).  exp by range reduction and a
+    degree-12 polynomial, 2^k from the bits of the rounded exponent, 1/(1 + q) by Newton from
+    a linear guess: no libm call, no float->int conversion and no division, the three things
+    that keep LLVM (no SVML here; it will not vectorise fdiv for this CPU) from vectorising
+    the loops.  On a 2048 x 20 block: 134 µs against 218 µs for the previous version (exp
+    polynomial plus a division) and ~730 µs for np.tanh plus derivative; max error 2.2e-16.
+    tv, pv: float64 scratch arrays of z.size.
     """
+    h = z.shape[1]
+    for row in range(z.shape[0]):
+        for c in range(h):
+            z[row, c] += bias[c]
     zf = z.ravel()
     df = d1.ravel()
     n = zf.size
     for i in range(n):
-        y = 2.0 * min(max(zf[i], -20.0), 20.0)  # tanh(±20) is ±1 in float64
-        k = math.floor(y * _LOG2E + 0.5)
+        y = -2.0 * min(abs(zf[i]), 350.0)  # exp(-700) is still a normal float64
+        t = y * _LOG2E + _ROUND
+        k = t - _ROUND
         r = (y - k * _LN2_HI) - k * _LN2_LO
-        p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (1.0 / 720 + r * (
+        # pv = exp(r) - 1, kept apart from the 1 so that 1 - q stays accurate for small |z|
+        pv[i] = r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (1.0 / 720 + r * (
             1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (1.0 / 3628800 + r * (
                 1.0 / 39916800 + r * (1.0 / 479001600))))))))))))  # fmt: skip
-        ki[i] = (np.int64(k) + 1023) << 52  # 2^k as float64 bits
-        pv[i] = p
-    kf = ki.view(np.float64)
+        tv[i] = t
+    ti = tv.view(np.int64)
     for i in range(n):
-        a = 1.0 - 2.0 / (pv[i] * kf[i] + 1.0)
-        zf[i] = a
-        df[i] = 1.0 - a * a
+        ti[i] = (ti[i] + 1023) << 52  # low bits of t hold k: now the float64 2^k
+    for i in range(n):
+        s = tv[i]
+        q = s + pv[i] * s
+        omq = (1.0 - s) - pv[i] * s  # 1 - q; 1 - s is exact
+        x = 1.0 + q
+        r = 24.0 / 17.0 - (8.0 / 17.0) * x  # 1/x on [1, 2] to 1/17, then Newton:
+        r = r + r * (1.0 - x * r)  # 3.5e-3
+        r = r + r * (1.0 - x * r)  # 1.2e-5
+        r = r + r * (1.0 - x * r)  # 1.5e-10
+        r = r + r * (1.0 - x * r)  # < 1e-16
+        zf[i] = math.copysign(omq * r, zf[i])
+        df[i] = 4.0 * q * r * r
 
 
 def activate(z: np.ndarray, kind: str) -> np.ndarray:
@@ -145,42 +169,77 @@ def activate(z: np.ndarray, kind: str) -> np.ndarray:
 
 @dataclass
 class Pass:
-    """One forward pass: activations [x, a_1, ..., a_L], f'(z_l) and (if asked) f''(z_l)."""
+    """One forward pass: activations [x, a_1, ..., a_L] and f'(z_l) of the hidden layers."""
 
     out: np.ndarray  # (n,)
     acts: list[np.ndarray]
     d1: list[np.ndarray]
-    d2: list[np.ndarray] | None
+    kind: str
 
 
-def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, kind: str, need_d2: bool = False) -> Pass:
+def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, kind: str) -> Pass:
     """Network outputs (n,) for rows x (n, n_in), keeping what the backward passes need."""
     acts = [x]
-    d1s, d2s = [], []
+    d1s = []
     a = x
     for W, b in layers[:-1]:
         z = a @ W.T
-        z += b
         if kind == "tanh":
             d1 = np.empty_like(z)
-            _tanh_and_derivative(z, d1, np.empty(z.size, np.int64), np.empty(z.size))
+            _tanh_and_derivative(z, b, d1, np.empty(z.size), np.empty(z.size))
             a = z
-            d2 = -2.0 * a * d1 if need_d2 else None
         else:
+            z += b
             a = activate(z, kind)
-            d1, d2 = activation_derivs(a, kind, need_d2)
+            d1 = activation_d1(a, kind)
         acts.append(a)
         d1s.append(d1)
-        d2s.append(d2)
     W, b = layers[-1]
-    return Pass((a @ W[0]) + b[0], acts, d1s, d2s if need_d2 else None)
+    return Pass((a @ W[0]) + b[0], acts, d1s, kind)
+
+
+@njit(cache=True, fastmath=True)
+def _backprop(d1, abar, arow, zbar):
+    """zbar = d1 * abar * arow[:, None]; abar is (n, h) or one row (1, h) for every row."""
+    sa = 1 if abar.shape[0] > 1 else 0
+    for r in range(d1.shape[0]):
+        s = arow[r]
+        for c in range(d1.shape[1]):
+            zbar[r, c] = d1[r, c] * abar[r * sa, c] * s
+
+
+@njit(cache=True, fastmath=True)
+def _backprop_tangent(d1, a, c0, c1, abar, arow, zdot, tdbar, zbar, zdbar):
+    """One hidden layer of the reverse pass through primal and tangent (see parameter_gradient):
+
+        zbar  = f' * abar * arow[:, None] + f'' * zdot * tdbar,   f'' = f' * (c0 + c1 * a)
+        zdbar = f' * tdbar
+
+    abar and tdbar are (n, h) or one row (1, h) for every row."""
+    sa = 1 if abar.shape[0] > 1 else 0
+    st = 1 if tdbar.shape[0] > 1 else 0
+    for r in range(d1.shape[0]):
+        s = arow[r]
+        for c in range(d1.shape[1]):
+            d = d1[r, c]
+            t = tdbar[r * st, c]
+            zbar[r, c] = d * (abar[r * sa, c] * s + (c0 + c1 * a[r, c]) * zdot[r, c] * t)
+            zdbar[r, c] = d * t
+
+
+def _column_sums(a: np.ndarray) -> np.ndarray:
+    """a.sum(axis=0) as a BLAS matrix-vector product: 9 µs against 51 µs for a 2048 x 20 block."""
+    return np.ones(a.shape[0]) @ a
 
 
 def input_gradient(layers, ps: Pass) -> np.ndarray:
     """d output / d x for every row, shape (n, n_in)."""
-    abar = ps.d1[-1] * layers[-1][0]
+    n = len(ps.out)
+    abar = np.empty_like(ps.d1[-1])
+    _backprop(ps.d1[-1], layers[-1][0], np.ones(n), abar)
     for k in range(len(layers) - 2, 0, -1):
-        abar = (abar @ layers[k][0]) * ps.d1[k - 1]
+        abar = abar @ layers[k][0]
+        abar *= ps.d1[k - 1]
     return abar @ layers[0][0]
 
 
@@ -191,11 +250,11 @@ def parameter_gradient(
 
     The second term (forces) is a forward-mode (tangent) pass along v followed by one
     reverse pass through both the primal and the tangent: no per-parameter Jacobian is ever
-    formed.  ``ps`` must come from ``forward(..., need_d2=v is not None)``.  Returns the
-    per-layer (dW, db) and the tangent outputs ∇_x out_n · v_n (or None).
+    formed.  Returns the per-layer (dW, db) and the tangent outputs ∇_x out_n · v_n (or None).
     """
     nl = len(layers)
-    acts, d1s, d2s = ps.acts, ps.d1, ps.d2
+    acts, d1s = ps.acts, ps.d1
+    n = len(obar)
     tang = None
     zdots: list[np.ndarray] = []
     outdot = None
@@ -209,25 +268,31 @@ def parameter_gradient(
             tang.append(t)
         outdot = t @ layers[-1][0][0]
     grads: list[tuple[np.ndarray, np.ndarray]] = [None] * nl  # type: ignore[list-item]
-    Wout = layers[-1][0]
+    Wout = layers[-1][0]  # (1, h)
     dW = (obar @ acts[-1])[None, :]
     if tang is not None:
-        dW = dW + tbar * tang[-1].sum(axis=0)[None, :]
+        dW = dW + tbar * _column_sums(tang[-1])[None, :]
     grads[-1] = (dW, np.array([obar.sum()]))
-    abar = obar[:, None] * Wout  # (n, h)
-    tdbar = None if tang is None else tbar * Wout  # (1, h), broadcasts over rows
+    abar, arow = Wout, obar  # dS/da of the top hidden layer is arow[:, None] * abar
+    tdbar = None if tang is None else tbar * Wout
+    c0, c1 = D2_COEFFICIENTS[ps.kind]
+    ones = None
     for k in range(nl - 2, -1, -1):
         W = layers[k][0]
-        zbar = d1s[k] * abar
+        zbar = np.empty_like(d1s[k])
         if tang is not None:
-            zbar += d2s[k] * zdots[k] * tdbar
-            zdbar = d1s[k] * tdbar
+            zdbar = np.empty_like(d1s[k])
+            _backprop_tangent(d1s[k], acts[k + 1], c0, c1, abar, arow, zdots[k], tdbar, zbar, zdbar)
             dW = zbar.T @ acts[k] + zdbar.T @ tang[k]
         else:
+            _backprop(d1s[k], abar, arow, zbar)
             dW = zbar.T @ acts[k]
-        grads[k] = (dW, zbar.sum(axis=0))
+        grads[k] = (dW, _column_sums(zbar))
         if k > 0:
             abar = zbar @ W
+            if ones is None:
+                ones = np.ones(n)
+            arow = ones
             if tang is not None:
                 tdbar = zdbar @ W
     return grads, outdot

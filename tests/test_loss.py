@@ -84,3 +84,26 @@ def test_recompute_mode_gives_the_stored_answer(ref_structures):
     a = prob.evaluate(p)
     b = rec.evaluate(p)
     assert np.allclose(a, b, rtol=1e-12, atol=1e-14 * np.abs(a).max())
+
+
+def test_tanh_kernel_matches_numpy_to_rounding():
+    from hpcpot.model import _tanh_and_derivative
+
+    tiny = np.logspace(-300, 0, 3000)
+    z0 = np.concatenate([np.linspace(-30, 30, 200_001), tiny, -tiny, [0.0, 400.0, -1e6, 19.1, -19.1]])
+    z = z0.copy()
+    d1 = np.empty_like(z)
+    _tanh_and_derivative(z[:, None], np.zeros(1), d1[:, None], np.empty(z.size), np.empty(z.size))
+    ref = np.tanh(z0)
+    assert np.all(np.abs(z - ref) <= 1e-15 * np.abs(ref))  # a few ulp relative, tiny |z| too
+    # 1 - tanh^2 = 1/cosh^2, relative accuracy even where it is tiny (cosh overflows past ~710)
+    ok = np.abs(z0) < 340
+    ref = 1.0 / np.cosh(z0[ok]) ** 2
+    assert np.all(np.abs(d1[ok] - ref) <= 1e-14 * ref)
+    assert np.all(d1[~ok] < 1e-290) and np.all(np.abs(z[~ok]) == 1.0)
+    zb = np.random.default_rng(0).normal(0, 2, (50, 3))
+    out, d = zb.copy(), np.empty_like(zb)
+    bias = np.array([0.5, -1.0, 0.0])
+    _tanh_and_derivative(out, bias, d, np.empty(zb.size), np.empty(zb.size))
+    assert np.allclose(out, np.tanh(zb + bias), rtol=1e-15, atol=0)
+    assert np.allclose(d, 1 / np.cosh(zb + bias) ** 2, rtol=1e-14, atol=0)
