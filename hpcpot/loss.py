@@ -160,11 +160,14 @@ class ShardProblem:
     # the backward passes stay in cache: on the reference set (3000 images, 2 x 20 tanh),
     # loss+gradient with forces took 98 ms with 2048-row blocks against 133 ms unblocked
     # (medians of 24, interleaved; 512: 110, 1024: 109, 4096: 100).
+    # Without forces there are fewer temporaries per row: 4096 rows measured ~5% faster.
     block = 2048
+    block_energy_only = 4096
 
-    def _blocks(self, e: int):
+    def _blocks(self, e: int, forces: bool = True):
         n = len(self.X[e])
-        return [(b0, min(n, b0 + self.block)) for b0 in range(0, n, self.block)]
+        size = self.block if forces else self.block_energy_only
+        return [(b0, min(n, b0 + size)) for b0 in range(0, n, size)]
 
     def evaluate(self, params: np.ndarray, with_grad: bool = True, out: np.ndarray | None = None) -> np.ndarray:
         """Partial sums of this shard (see module doc); ``out`` is filled and returned.
@@ -186,7 +189,7 @@ class ShardProblem:
             slope, intercept = lay.slope_intercept(params, e)
             out_e = np.empty(len(self.X[e]))
             blocks = []
-            for b0, b1 in self._blocks(e):
+            for b0, b1 in self._blocks(e, do_forces):
                 ps = forward(layers, self.X[e][b0:b1], lay.activation)
                 out_e[b0:b1] = ps.out
                 blocks.append((b0, b1, ps))

@@ -107,3 +107,12 @@ def test_tanh_kernel_matches_numpy_to_rounding():
     _tanh_and_derivative(out, bias, d, np.empty(zb.size), np.empty(zb.size))
     assert np.allclose(out, np.tanh(zb + bias), rtol=1e-15, atol=0)
     assert np.allclose(d, 1 / np.cosh(zb + bias) ** 2, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.04])
+def test_blocked_network_passes_equal_one_block(ref_structures, alpha):
+    prob, p, _ = small_problem(ref_structures.subset(np.arange(10)), alpha=alpha)
+    whole = prob.evaluate(p).copy()
+    prob.block, prob.block_energy_only = 7, 5  # many blocks, ragged last one
+    blocked = prob.evaluate(p)
+    assert np.allclose(blocked, whole, rtol=1e-12, atol=1e-15)
