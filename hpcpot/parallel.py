@@ -121,19 +121,61 @@ class MPIComm(SerialComm):
 _LAUNCH_VARS = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "HYDRA_CONTROL_FD", "MPI_LOCALNRANKS")
 
 
+def _launcher_size() -> int:
+    """The job size a launcher announced in the environment (1 if none says)."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS"):
+        try:
+            return int(os.environ[var])
+        except (KeyError, ValueError):
+            continue
+    return 1
+
+
+def _launch_error(message: str) -> SystemExit:
+    """N copies of one mistaken launch: the first prints why, all exit with code 2."""
+    first = all(os.environ.get(v, "0") == "0" for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"))
+    if first:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    return SystemExit(2)
+
+
 def world() -> SerialComm:
-    """The world communicator: MPI when started by a launcher and mpi4py imports, else serial."""
+    """The world communicator: MPI when started by a launcher and mpi4py imports, else serial.
+
+    Launches that would run N independent serial copies (each training alone and writing the
+    same output files) are refused: ``srun`` without an MPI plugin, a launcher without mpi4py,
+    and an mpi4py built against another MPI than the launcher's.
+    """
     if os.environ.get("HPCPOT_SERIAL") == "1":
         return SerialComm()
+    size = _launcher_size()
     if not any(v in os.environ for v in _LAUNCH_VARS):
+        if size > 1:  # only SLURM_STEP_NUM_TASKS can say so here
+            raise _launch_error(
+                f"srun started {size} tasks without an MPI environment (no PMI/PMIx variables), so each "
+                "would run alone as a serial copy. Use `srun --mpi=pmi2` (PyPI's MPICH) or the MPI "
+                "plugin your site's MPI needs (`srun --mpi=list`), or mpiexec."
+            )
         return SerialComm()  # plain `python -m ...`: don't pay for MPI_Init
     try:
         from mpi4py import MPI
-    except ImportError:
+    except ImportError as exc:
+        if size > 1:
+            raise _launch_error(
+                f"this process is one of {size} MPI ranks, but mpi4py cannot be imported ({exc}). "
+                "Install it into this Python (pip install mpi4py, built against the MPI that launches "
+                "the job) or run without mpirun/srun for a serial run."
+            ) from None
         print("warning: started by an MPI launcher but mpi4py cannot be imported; running serially",
               file=sys.stderr, flush=True)  # fmt: skip
         return SerialComm()
     comm = MPIComm(MPI.COMM_WORLD)
+    if comm.size == 1 and size > 1:
+        raise _launch_error(
+            f"the launcher started {size} processes but mpi4py's MPI ({MPI.Get_library_version().splitlines()[0]}) "
+            "sees a world of 1: mpi4py was built against a different MPI than the launcher's. Use the "
+            "mpiexec that belongs to mpi4py's MPI, or rebuild mpi4py against the site's MPI (README)."
+        )
     return comm if comm.size > 1 else SerialComm()
 
 
