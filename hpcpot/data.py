@@ -100,7 +100,9 @@ def _read_file(path: str, index: str) -> list:
     import ase.io
 
     try:
-        images = ase.io.read(path, index)
+        # parallel=False: under MPI, ASE's default reads on its rank 0 and broadcasts in a
+        # collective of its own, which would pair with ours (hpcpot does the MPI itself)
+        images = ase.io.read(path, index, parallel=False)
     except StopIteration:
         images = []
     except Exception as exc:  # ASE raises many types for unreadable files

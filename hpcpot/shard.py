@@ -6,8 +6,10 @@ train (and validation) list, balanced by cost: the number of (centre, partner) d
 pairs, i.e. atoms × neighbours, which is what fingerprinting and every evaluation scale with.
 
 File access per rank: HDF5 files from ``python -m hpcpot.prepare`` and ASE ``.traj`` files
-are read by image index (a rank reads only its images); any other format is parsed whole by
-every rank (convert big extxyz sets once with ``hpcpot.prepare``).
+are read by image index (a rank reads only its images).  Any other format (extxyz, ASE db, a
+.traj with an index) is parsed once, by rank 0, validated, and broadcast as compact arrays:
+one read of the file instead of one per rank, and no rank holds ASE Atoms objects of the whole
+set.  ``hpcpot.prepare`` still pays for big sets: it parses once for all runs.
 """
 
 from __future__ import annotations
@@ -21,14 +23,36 @@ from .parallel import SerialComm
 from .prepare import hdf5_n_images, is_hdf5, read_hdf5
 
 
+def _parse_on_root(comm: SerialComm, path: str, index: str, need_forces: bool, tags_key: str):
+    """Rank 0 parses and validates a whole non-indexable file; every rank gets (Structures, tags).
+
+    A DataError on rank 0 is raised on every rank, with rank 0's message."""
+    payload = None
+    if comm.rank == 0:
+        try:
+            images = _read_file(path, index)
+            items = [(a, f"{path}: image {k}") for k, a in enumerate(images)]
+            tags = [a.info.get(tags_key) if tags_key else None for a in images]
+            payload = (atoms_to_structures(items, need_forces), tags)
+        except DataError as exc:
+            payload = str(exc)
+    payload = comm.bcast(payload)
+    if isinstance(payload, str):
+        raise DataError(payload)
+    return payload
+
+
 class _Source:
     """One input file, readable by image index."""
 
-    def __init__(self, path: str, index: str):
+    def __init__(self, path: str, index: str, comm: SerialComm | None = None, need_forces: bool = True,
+                 tags_key: str = ""):  # fmt: skip
         self.path = path
         self.index = index
         self.kind = "hdf5" if is_hdf5(path) else ("traj" if path.endswith(".traj") and index == ":" else "ase")
-        self._images = None
+        self._st: Structures | None = None
+        self._tags: list = []
+        self._tags_key = tags_key
         if self.kind == "hdf5":
             self.n = hdf5_n_images(path)
         elif self.kind == "traj":
@@ -42,24 +66,29 @@ class _Source:
             if self.n == 0:
                 raise DataError(f"{path}: the file is empty (no images)")
         else:
-            self._images = _read_file(path, index)
-            self.n = len(self._images)
+            self._st, self._tags = _parse_on_root(comm or SerialComm(), path, index, need_forces, tags_key)
+            self.n = self._st.n_images
 
     def read(self, idx: np.ndarray, need_forces: bool, tags_key: str = "") -> tuple[Structures, list]:
         if self.kind == "hdf5":
             return read_hdf5(self.path, need_forces=need_forces, images=idx, info_key=tags_key)
-        if self.kind == "traj":
-            from ase.io.trajectory import Trajectory
+        if self.kind == "ase":
+            if need_forces and self._st.forces is None:
+                raise DataError(f"{self.path}: forces missing (needed because force_coefficient > 0)")
+            return self._st.subset(np.asarray(idx, np.int64)), [self._tags[int(k)] for k in idx]
+        from ase.io.trajectory import Trajectory
 
-            with Trajectory(self.path) as tr:
-                images = [tr[int(k)] for k in idx]
-        else:
-            images = [self._images[int(k)] for k in idx]
+        with Trajectory(self.path) as tr:
+            images = [tr[int(k)] for k in idx]
         items = [(a, f"{self.path}: image {k}") for a, k in zip(images, idx, strict=True)]
         tags = [a.info.get(tags_key) if tags_key else None for a in images]
         return atoms_to_structures(items, need_forces), tags
 
     def tags(self, key: str) -> list:
+        if self.kind == "ase":
+            if key != self._tags_key:
+                raise ValueError(f"{self.path} was parsed keeping info key {self._tags_key!r}, not {key!r}")
+            return list(self._tags)
         if self.kind == "hdf5":
             _, t = read_hdf5(self.path, need_forces=False, images=np.arange(self.n), info_key=key)
             return t
@@ -75,8 +104,11 @@ class ImageSet:
     offsets: np.ndarray  # global index of each file's first image
 
     @classmethod
-    def open(cls, patterns: list[str], index: str = ":") -> ImageSet:
-        srcs = [_Source(p, index) for p in expand_paths(patterns)]
+    def open(cls, patterns: list[str], index: str = ":", comm: SerialComm | None = None, need_forces: bool = True,
+             tags_key: str = "") -> ImageSet:  # fmt: skip
+        """All files of ``patterns``; non-indexable ones are parsed by rank 0 of ``comm`` only
+        (validated with ``need_forces``, keeping ``atoms.info[tags_key]``)."""
+        srcs = [_Source(p, index, comm, need_forces, tags_key) for p in expand_paths(patterns)]
         off = np.zeros(len(srcs) + 1, np.int64)
         np.cumsum([s.n for s in srcs], out=off[1:])
         return cls(srcs, off)

@@ -179,15 +179,16 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     alpha = cfg.loss.force_coefficient
     need_forces = alpha > 0
     fp = cfg.fingerprints
+    key = cfg.data.split_key
     try:  # every rank opens the same files: report a missing/unreadable one once, not N times
-        images = ImageSet.open(cfg.data.train, cfg.data.index)
-        vimages = ImageSet.open(cfg.data.validation, cfg.data.index) if cfg.data.validation else images
+        images = ImageSet.open(cfg.data.train, cfg.data.index, comm, need_forces, key)
+        vimages = ImageSet.open(cfg.data.validation, cfg.data.index, comm, need_forces, key) if cfg.data.validation else images
     except DataError as exc:
         raise GlobalError(str(exc)) from None
     kinds = {s.kind for s in images.sources}
     if "ase" in kinds and comm.size > 1:
-        log("note: every rank parses the non-indexable input files whole; "
-            "convert them once with `python -m hpcpot.prepare` for faster start-up")  # fmt: skip
+        log("note: rank 0 parsed the non-indexable input files and broadcast them; "
+            "`python -m hpcpot.prepare` converts them once for all runs (each rank then reads its own images)")  # fmt: skip
     if cfg.data.validation:
         g_train, g_val = np.arange(images.n), np.arange(vimages.n)
     else:

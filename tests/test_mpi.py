@@ -12,13 +12,13 @@ from conftest import REF, need, run_mpi
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 
 
-def _config(tmp_path, name, n_images=40, iters=20, alpha=0.04, extra=""):
+def _config(tmp_path, name, n_images=40, iters=20, alpha=0.04, extra="", train=None):
     d = tmp_path / name
     d.mkdir()
     cfg = d / "c.toml"
     cfg.write_text(f"""
 [data]
-train = ["{need(REF)}"]
+train = ["{train or need(REF)}"]
 index = ":{n_images}"
 validation_fraction = 0.2
 [model]
@@ -40,8 +40,8 @@ validate_every = 5
     return cfg
 
 
-def _serial_and_parallel_eval(tmp_path, n_images, ranks):
-    cfg = _config(tmp_path, f"eval{n_images}", n_images=n_images)
+def _serial_and_parallel_eval(tmp_path, n_images, ranks, train=None):
+    cfg = _config(tmp_path, f"eval{n_images}", n_images=n_images, train=train)
     out = {}
     for n in [1, *ranks]:
         f = tmp_path / f"e{n_images}_{n}.npy"
@@ -58,6 +58,37 @@ def test_loss_and_gradient_equal_serial(tmp_path):
         scale = np.abs(ref).max()
         assert np.abs(v - ref).max() <= 1e-12 * scale, f"{n} ranks differ"
         assert v[0] == pytest.approx(ref[0], rel=1e-12)
+
+
+def _extxyz(tmp_path, n, spoil=None):
+    """The first n reference images as extxyz; ``spoil`` = image whose energy becomes NaN."""
+    from ase.io import read, write
+
+    images = read(str(need(REF)), index=f":{n}")
+    for k, a in enumerate(images):
+        e, f = a.get_potential_energy(), a.get_forces(apply_constraint=False)
+        a.set_constraint()
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        a.calc = SinglePointCalculator(a, energy=float("nan") if k == spoil else e, forces=f)
+    path = tmp_path / "set.extxyz"
+    write(str(path), images, format="extxyz")
+    return path
+
+
+def test_extxyz_parsed_once_gives_the_serial_answer(tmp_path):
+    # rank 0 parses the non-indexable file and broadcasts it; results equal the serial ones
+    res = _serial_and_parallel_eval(tmp_path, 30, [2, 3], train=_extxyz(tmp_path, 30))
+    for n in (2, 3):
+        assert np.abs(res[n] - res[1]).max() <= 1e-12 * np.abs(res[1]).max(), f"{n} ranks differ"
+
+
+def test_bad_image_in_extxyz_reported_once(tmp_path):
+    path = _extxyz(tmp_path, 12, spoil=7)
+    cfg = _config(tmp_path, "spoilt", n_images=12, train=path)
+    r = run_mpi(2, ["-m", "hpcpot.train", str(cfg)], timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.count(f"{path}: image 7: energy is nan") == 1, r.stderr
 
 
 def test_empty_shard_when_more_ranks_than_images(tmp_path):
