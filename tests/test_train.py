@@ -64,6 +64,40 @@ validate_every = 10
     assert np.sqrt(np.mean(np.square(dE))) == pytest.approx(val["energy_rmse"], rel=1e-6)
     assert np.sqrt(np.mean(np.square(np.concatenate(dF)))) == pytest.approx(val["force_rmse"], rel=1e-6)
 
+    # hpcpot.evaluate (chunked, vectorised) gives the same figures on the same images
+    from hpcpot.data import read_structures
+    from hpcpot.evaluate import evaluate
+    from hpcpot.modelfile import Model
+
+    model = Model.load(str(tmp_path / "out" / "model.json"))
+    st, _ = read_structures([str(REF)], need_forces=True, elements=model.layout.elements, index=":400")
+    rep, E, F = evaluate(model, st.subset(np.asarray(val_idx)), chunk=7)
+    assert rep.energy_rmse_mev_per_atom / 1000 == pytest.approx(val["energy_rmse"], rel=1e-9)
+    assert rep.force_rmse_ev_per_a == pytest.approx(val["force_rmse"], rel=1e-9)
+    assert rep.images == len(val_idx)
+    # the training images lie inside the training fingerprint range by definition
+    train_idx = np.setdiff1d(np.arange(400), val_idx)
+    assert evaluate(model, st.subset(train_idx))[0].extrapolated_atoms_percent == 0.0
+    # and a compressed structure lies outside it
+    squeezed = st.subset(np.arange(3))
+    squeezed.positions *= 0.85
+    squeezed.cells *= 0.85
+    assert evaluate(model, squeezed, with_forces=False)[0].extrapolated_atoms_percent > 50
+
+    # the command line: report, parity files, and no overwriting of existing ones
+    cmd = [sys.executable, "-m", "hpcpot.evaluate", str(tmp_path / "out" / "model.json"), str(REF),
+           "--index", ":20", "--parity", str(tmp_path / "p"), "--json", str(tmp_path / "rep.json")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "energy: RMSE" in r.stdout and "forces: RMSE" in r.stdout and "extrapolation" in r.stdout
+    assert len((tmp_path / "p-energies.csv").read_text().splitlines()) == 21
+    assert len((tmp_path / "p-forces.csv").read_text().splitlines()) == 1 + 20 * 14
+    assert json.loads((tmp_path / "rep.json").read_text())["images"] == 20
+    before = (tmp_path / "p-energies.csv").read_bytes()
+    r = subprocess.run(cmd[:-2], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "refusing to overwrite" in r.stderr
+    assert (tmp_path / "p-energies.csv").read_bytes() == before
+
 
 def test_memory_forecast_refuses_before_allocating(tmp_path):
     cfg = tmp_path / "c.toml"
@@ -87,6 +121,8 @@ def test_help_runs():
     assert r.returncode == 0 and "--restart" in r.stdout
     r = subprocess.run([sys.executable, "-m", "hpcpot.bench", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and "--ranks" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "hpcpot.evaluate", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "--parity" in r.stdout
 
 
 def test_memory_limit_follows_slurm(monkeypatch):

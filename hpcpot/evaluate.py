@@ -1,0 +1,187 @@
+"""Test a trained model on reference data: ``python -m hpcpot.evaluate MODEL DATA... [options]``.
+
+Reports, against the reference energies (eV) and forces (eV/Å) of every image:
+
+* energy per atom: RMSE, MAE and the largest residual (meV/atom), with the image it is in;
+* forces: RMSE, MAE per component and the largest one (eV/Å), with image and atom;
+* extrapolation: the share of atoms with a fingerprint outside the training range (the
+  model was not fitted there, so large errors are likely).
+
+Images go through in chunks (fingerprints, derivatives and the networks of one chunk at a
+time), so memory stays bounded on big sets.  ``--parity PREFIX`` writes
+``PREFIX-energies.csv`` (one row per image) and, with forces, ``PREFIX-forces.csv`` (one row
+per atom) for parity plots; existing files are never overwritten without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from . import _threads  # noqa: F401  (before numpy: one BLAS thread)
+
+import numpy as np  # noqa: E402
+
+# atoms whose scaled fingerprints leave [-1, 1] by more than this count as extrapolated
+EXTRAPOLATION_MARGIN = 1e-6
+
+
+@dataclass
+class Report:
+    """Errors of a model on a data set (units in the field names)."""
+
+    images: int
+    atoms: int
+    energy_rmse_mev_per_atom: float
+    energy_mae_mev_per_atom: float
+    energy_max_mev_per_atom: float
+    energy_max_image: str
+    force_rmse_ev_per_a: float | None
+    force_mae_ev_per_a: float | None
+    force_max_ev_per_a: float | None
+    force_max_where: str | None
+    extrapolated_atoms_percent: float
+
+
+def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
+    """Predict every image of ``st`` (Structures) with ``model`` (hpcpot.modelfile.Model).
+
+    Returns (Report, E_pred (n_images,) eV, F_pred (n_atoms, 3) eV/Å or None).
+    """
+    from .fingerprints import compute_fingerprints
+    from .loss import ShardProblem
+
+    with_forces = with_forces and st.forces is not None
+    m = model
+    tables = m.sf.block_tables()
+    rng = m.gmax - m.gmin
+    E = np.empty(st.n_images)
+    F = np.empty((len(st.species), 3)) if with_forces else None
+    outside = np.zeros(len(st.species), bool)
+    t0 = time.perf_counter()
+    for lo in range(0, st.n_images, chunk):
+        hi = min(st.n_images, lo + chunk)
+        sub = st.slice(lo, hi)
+        a0, a1 = st.atom_ptr[lo], st.atom_ptr[hi]
+        fp, blocks = compute_fingerprints(sub, m.sf, with_derivs=with_forces)
+        prob = ShardProblem(sub, fp, blocks, m.layout, m.gmin, m.gmax, tables, 1.0 if with_forces else 0.0)
+        e, f = prob.predict(m.params)
+        E[lo:hi] = e
+        if with_forces:
+            F[a0:a1] = f
+        # scaled x = 2 (G - Gmin)/(Gmax - Gmin) - 1 per element; outside [-1, 1]: extrapolation
+        lo_b, hi_b = m.gmin[sub.species], m.gmax[sub.species]
+        tol = EXTRAPOLATION_MARGIN * np.where(rng[sub.species] > 0, rng[sub.species], 1.0)
+        outside[a0:a1] = ((fp < lo_b - tol) | (fp > hi_b + tol)).any(axis=1)
+        if log is not None and st.n_images > chunk:
+            el = time.perf_counter() - t0
+            log(f"  evaluated {hi}/{st.n_images} images, {el:.1f} s elapsed, ~{el / hi * (st.n_images - hi):.1f} s left")
+    nat = st.n_atoms.astype(float)
+    rE = (E - st.energy) / nat
+    k = int(np.argmax(np.abs(rE)))
+    fields = dict(
+        images=int(st.n_images), atoms=int(len(st.species)),
+        energy_rmse_mev_per_atom=1000 * float(np.sqrt(np.mean(rE**2))),
+        energy_mae_mev_per_atom=1000 * float(np.mean(np.abs(rE))),
+        energy_max_mev_per_atom=1000 * float(abs(rE[k])), energy_max_image=st.sources[k],
+        force_rmse_ev_per_a=None, force_mae_ev_per_a=None, force_max_ev_per_a=None, force_max_where=None,
+        extrapolated_atoms_percent=100 * float(outside.mean()),
+    )  # fmt: skip
+    if with_forces:
+        dF = F - st.forces
+        a, x = np.unravel_index(int(np.argmax(np.abs(dF))), dF.shape)
+        img = int(np.searchsorted(st.atom_ptr, a, side="right") - 1)
+        fields.update(
+            force_rmse_ev_per_a=float(np.sqrt(np.mean(dF**2))), force_mae_ev_per_a=float(np.mean(np.abs(dF))),
+            force_max_ev_per_a=float(abs(dF[a, x])),
+            force_max_where=f"{st.sources[img]}, atom {a - st.atom_ptr[img]}, {'xyz'[x]}",
+        )  # fmt: skip
+    return Report(**fields), E, F
+
+
+def _write_parity(prefix: str, st, E: np.ndarray, F: np.ndarray | None, overwrite: bool) -> list[str]:
+    from .checkpoint import atomic_write_bytes
+
+    files = {f"{prefix}-energies.csv": None}
+    if F is not None:
+        files[f"{prefix}-forces.csv"] = None
+    for path in files:
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path} exists; refusing to overwrite it (use --overwrite)")
+    nat = st.n_atoms
+    rows = ["image,source,n_atoms,energy_ref_eV,energy_pred_eV,energy_ref_eV_per_atom,energy_pred_eV_per_atom"]
+    rows += [f"{j},\"{st.sources[j]}\",{nat[j]},{st.energy[j]!r},{E[j]!r},{st.energy[j] / nat[j]!r},{E[j] / nat[j]!r}"
+             for j in range(st.n_images)]  # fmt: skip
+    blob = ("\n".join(rows) + "\n").encode()
+    atomic_write_bytes(f"{prefix}-energies.csv", lambda fh: fh.write(blob))
+    if F is not None:
+        img = np.repeat(np.arange(st.n_images), nat)
+        local = np.arange(len(st.species)) - st.atom_ptr[img]
+        sym = np.asarray(st.elements)[st.species]
+        data = np.column_stack([st.forces, F])
+        rows = ["image,atom,element,fx_ref,fy_ref,fz_ref,fx_pred,fy_pred,fz_pred"]
+        rows += [f"{img[a]},{local[a]},{sym[a]}," + ",".join(repr(float(v)) for v in data[a]) for a in range(len(sym))]
+        blob = ("\n".join(rows) + "\n").encode()
+        atomic_write_bytes(f"{prefix}-forces.csv", lambda fh: fh.write(blob))
+    return list(files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hpcpot.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", help="model.json written by hpcpot.train")
+    ap.add_argument("data", nargs="+", help="files or globs ASE can read, or hpcpot HDF5 files")
+    ap.add_argument("--index", default=":", help="ASE index applied to each file (default ':')")
+    ap.add_argument("--no-forces", action="store_true", help="energies only (data without forces)")
+    ap.add_argument("--chunk", type=int, default=500, help="images per chunk (memory bound; default 500)")
+    ap.add_argument("--parity", metavar="PREFIX", help="write PREFIX-energies.csv and PREFIX-forces.csv")
+    ap.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing --parity/--json files")
+    a = ap.parse_args(argv)
+    from .data import DataError, read_structures
+    from .modelfile import Model
+
+    try:
+        model = Model.load(a.model)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {a.model}: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    for path in [a.json] if a.json else []:
+        if os.path.exists(path) and not a.overwrite:
+            print(f"error: {path} exists; refusing to overwrite it (use --overwrite)", file=sys.stderr)
+            return 2
+    try:
+        st, _ = read_structures(a.data, need_forces=not a.no_forces, elements=model.layout.elements, index=a.index)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"model {a.model}: elements {', '.join(model.layout.elements)}; data: {st.n_images} images, "
+          f"{len(st.species)} atoms", flush=True)  # fmt: skip
+    rep, E, F = evaluate(model, st, max(1, a.chunk), log=lambda s: print(s, flush=True), with_forces=not a.no_forces)
+    print(f"energy: RMSE {rep.energy_rmse_mev_per_atom:.3f} meV/atom, MAE {rep.energy_mae_mev_per_atom:.3f} meV/atom, "
+          f"max {rep.energy_max_mev_per_atom:.3f} meV/atom ({rep.energy_max_image})")  # fmt: skip
+    if rep.force_rmse_ev_per_a is not None:
+        print(f"forces: RMSE {rep.force_rmse_ev_per_a:.4f} eV/Å, MAE {rep.force_mae_ev_per_a:.4f} eV/Å, "
+              f"max {rep.force_max_ev_per_a:.4f} eV/Å ({rep.force_max_where})")  # fmt: skip
+    print(f"extrapolation: {rep.extrapolated_atoms_percent:.2f}% of atoms have a fingerprint outside the training range")
+    try:
+        if a.parity:
+            for path in _write_parity(a.parity, st, E, F, a.overwrite):
+                print(f"wrote {path}")
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if a.json:
+        from .checkpoint import atomic_write_bytes
+
+        blob = json.dumps(asdict(rep), indent=1).encode()
+        atomic_write_bytes(a.json, lambda fh: fh.write(blob))
+        print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
