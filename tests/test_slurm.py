@@ -44,7 +44,9 @@ def _skip(reason: str):
 
 
 def _config(path: Path, max_iterations: int) -> Path:
-    path.write_text(
+    """Write the config atomically: a job may start and read it at any moment."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(
         f"""\
 [data]
 train = ["{TRAJ}"]
@@ -70,6 +72,7 @@ dir = "run"
 validate_every = 5
 """
     )
+    os.replace(tmp, path)
     return path
 
 
@@ -213,6 +216,10 @@ def test_usr1_checkpoint_requeue_and_restart(slurm: Slurm, tmp_path: Path):
             assert time.monotonic() - t0 < 120, f"no training progress:\n{_job_output(tmp_path)}"
             time.sleep(0.2)
         n_before = len(_log_lines(run))
+        # the requeued run reads the config when it starts, which SLURM may do at once: it
+        # stops a good way past the checkpoint the signal below will produce
+        stop_at = n_before + 1500  # iterations take ~5 ms here
+        _config(cfg, max_iterations=stop_at)
         # what --signal=B:USR1@300 does before the time limit: SIGUSR1 to the batch shell only
         slurm.run("scancel", "--signal=USR1", "--batch", jobid)
 
@@ -238,20 +245,24 @@ def test_usr1_checkpoint_requeue_and_restart(slurm: Slurm, tmp_path: Path):
         state = slurm.job_field(jobid, "JobState")
         assert state in ("PENDING", "REQUEUED", "COMPLETING"), slurm.run("scontrol", "show", "job", jobid).stdout
 
-        # the requeued job resumes by itself (the script adds --restart): let it stop a few
-        # iterations past the checkpoint, and lift SLURM's ~2 min BeginTime hold of requeued jobs
-        stop_at = ck.iteration + 5
-        _config(cfg, max_iterations=stop_at)
+        # the requeued job resumes by itself (the script adds --restart).  SLURM usually holds
+        # a requeued job ~2 min (BeginTime): lift the hold once the node is idle again
+        assert ck.iteration < stop_at, (ck.iteration, stop_at)
         t0 = time.monotonic()
-        while slurm.job_field(jobid, "JobState") not in ("PENDING",):
-            assert time.monotonic() - t0 < 60, slurm.run("scontrol", "show", "job", jobid).stdout
-            time.sleep(0.2)
-        slurm.run("scontrol", "update", f"JobId={jobid}", "StartTime=now")
+        while time.monotonic() - t0 < 90:
+            state = slurm.job_field(jobid, "JobState")
+            if state != "PENDING":
+                break  # started without a hold
+            if slurm.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip() == "idle":
+                slurm.run("scontrol", "update", f"JobId={jobid}", "StartTime=now", check=False)
+                break
+            time.sleep(0.5)
         t0 = time.monotonic()
         while slurm.run("squeue", "-h", "-j", jobid, check=False).stdout.strip():
             assert time.monotonic() - t0 < 240, f"requeued job did not finish:\n{_job_output(tmp_path)}"
             time.sleep(0.5)
-        assert slurm.job_field(jobid, "JobState") in (None, "COMPLETED"), slurm.run("scontrol", "show", "job", jobid).stdout
+        final = slurm.run("scontrol", "show", "job", jobid, check=False).stdout
+        assert slurm.job_field(jobid, "JobState") in (None, "COMPLETED"), f"{final}\n{_job_output(tmp_path)}\n{slurm.logs()}"
     finally:
         slurm.run("scancel", jobid, check=False)
         t0 = time.monotonic()
