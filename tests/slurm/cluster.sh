@@ -85,6 +85,9 @@ SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# the job credential lifetime, which is also how long a requeued job waits before it may start
+# again (default 120 s); short here so that the requeue test sees the job come back quickly
+AuthInfo=cred_expire=10
 CredType=cred/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
