@@ -166,7 +166,13 @@ class SymmetryFunctions:
 
     def g4_pair_tables(self) -> tuple[np.ndarray, np.ndarray]:
         """G4 functions of centre c for neighbour pair (e1 <= e2):
-        ``g4_list[c, e1 * n_el + e2, :g4_nlist[c, e1 * n_el + e2]]``."""
+        ``g4_list[c, e1 * n_el + e2, :g4_nlist[c, e1 * n_el + e2]]`` (built once, then cached:
+        the calculator asks for it at every MD step)."""
+        if "_g4_pair_tables" not in self.__dict__:
+            self.__dict__["_g4_pair_tables"] = self._build_g4_pair_tables()
+        return self.__dict__["_g4_pair_tables"]
+
+    def _build_g4_pair_tables(self) -> tuple[np.ndarray, np.ndarray]:
         ne = len(self.elements)
         lst = np.zeros((ne, ne * ne, max(1, self.g4.shape[1])), np.int64)
         cnt = np.zeros((ne, ne * ne), np.int64)
@@ -182,8 +188,13 @@ class SymmetryFunctions:
         """Which functions a partner can move: ``sub_idx[c, k, :sub_len[c, k]]``.
 
         ``k < n_elements``: a partner m ≠ i of element k (functions that involve k);
-        ``k == n_elements``: the self pair (all functions).
+        ``k == n_elements``: the self pair (all functions).  Built once, then cached.
         """
+        if "_block_tables" not in self.__dict__:
+            self.__dict__["_block_tables"] = self._build_block_tables()
+        return self.__dict__["_block_tables"]
+
+    def _build_block_tables(self) -> tuple[np.ndarray, np.ndarray]:
         ne = len(self.elements)
         nmax = self.n_max
         sub_idx = np.zeros((ne, ne + 1, nmax), np.int64)
