@@ -136,9 +136,35 @@ def single_process(data: str, images: int, repeats: int, log) -> dict:
             f"{m['bytes'] / 2**20:7.1f} MiB derivatives, force-term gradient rel. difference vs float64 {m['grad_rel_err_vs_float64']:.1e}")  # fmt: skip
     res["modes"] = modes
     res["eval_forces_s"] = modes["float64"]["eval_s"]
+    res["calculator_s"] = _calculator_times(data, sf, lay, p, gmin, gmax, repeats)
+    log("ASE calculator, one energy+forces call: " + ", ".join(
+        f"{n} atoms {1000 * t:.1f} ms" for n, t in res["calculator_s"].items()) + f" (median of {5 * repeats})")  # fmt: skip
     res["peak_rss_mib"] = _rss_mib()
     log(f"peak RSS (this process, all of the above): {res['peak_rss_mib']:.0f} MiB")
     return res
+
+
+def _calculator_times(data: str, sf, lay, p, gmin, gmax, repeats: int) -> dict:
+    """Seconds per ASE energy+forces call (what an MD step costs): the first reference image
+    and a 4x4x1 repeat of it, the positions nudged before each call so nothing is cached."""
+    from ase.io import read
+
+    from .calculator import Calculator
+    from .modelfile import Model
+
+    calc = Calculator(Model(sf, lay, p, gmin, gmax))
+    atoms = read(data, 0)
+    atoms.set_constraint()
+    out = {}
+    for a in (atoms, atoms.repeat((4, 4, 1))):
+        a.calc = calc
+
+        def call(a=a):
+            a.positions[0, 0] += 1e-6
+            a.get_forces()
+
+        out[len(a)], _ = _median_time(call, 5 * repeats)
+    return out
 
 
 def worker(args) -> int:
