@@ -1,7 +1,7 @@
 """hpcpot: MPI-parallel training of Behler–Parrinello neural-network potentials.
 
 Units throughout: eV, Å, eV/Å.  ``hpcpot.Calculator(path)`` loads a trained model as an
-ASE calculator.
+ASE calculator; ``python -m hpcpot.evaluate MODEL DATA`` tests it on reference data.
 """
 
 __version__ = "0.1.0"

@@ -71,6 +71,7 @@ def _extxyz(tmp_path, n, spoil=None):
         from ase.calculators.singlepoint import SinglePointCalculator
 
         a.calc = SinglePointCalculator(a, energy=float("nan") if k == spoil else e, forces=f)
+        a.info.pop("adsorbate_info", None)  # a dict: extxyz cannot store it (warns)
     path = tmp_path / "set.extxyz"
     write(str(path), images, format="extxyz")
     return path
