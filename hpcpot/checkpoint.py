@@ -37,6 +37,14 @@ class Checkpoint:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # anneal current/best states
 
 
+def refuse_existing(paths, overwrite: bool) -> None:
+    """FileExistsError naming the first of ``paths`` that exists, unless ``overwrite``:
+    output files of the user's are never replaced silently."""
+    for path in paths:
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path} exists; refusing to overwrite it (use --overwrite)")
+
+
 def atomic_write_bytes(path: str, write) -> None:
     """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over it."""
     d = os.path.dirname(os.path.abspath(path))

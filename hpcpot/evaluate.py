@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -103,15 +102,13 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
     return Report(**fields), E, F
 
 
-def _write_parity(prefix: str, st, E: np.ndarray, F: np.ndarray | None, overwrite: bool) -> list[str]:
+def _parity_paths(prefix: str, with_forces: bool) -> list[str]:
+    return [f"{prefix}-energies.csv"] + ([f"{prefix}-forces.csv"] if with_forces else [])
+
+
+def _write_parity(prefix: str, st, E: np.ndarray, F: np.ndarray | None) -> list[str]:
     from .checkpoint import atomic_write_bytes
 
-    files = {f"{prefix}-energies.csv": None}
-    if F is not None:
-        files[f"{prefix}-forces.csv"] = None
-    for path in files:
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path} exists; refusing to overwrite it (use --overwrite)")
     nat = st.n_atoms
     rows = ["image,source,n_atoms,energy_ref_eV,energy_pred_eV,energy_ref_eV_per_atom,energy_pred_eV_per_atom"]
     rows += [f"{j},\"{st.sources[j]}\",{nat[j]},{st.energy[j]!r},{E[j]!r},{st.energy[j] / nat[j]!r},{E[j] / nat[j]!r}"
@@ -127,7 +124,7 @@ def _write_parity(prefix: str, st, E: np.ndarray, F: np.ndarray | None, overwrit
         rows += [f"{img[a]},{local[a]},{sym[a]}," + ",".join(repr(float(v)) for v in data[a]) for a in range(len(sym))]
         blob = ("\n".join(rows) + "\n").encode()
         atomic_write_bytes(f"{prefix}-forces.csv", lambda fh: fh.write(blob))
-    return list(files)
+    return _parity_paths(prefix, F is not None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     ap.add_argument("--overwrite", action="store_true", help="replace existing --parity/--json files")
     a = ap.parse_args(argv)
+    from .checkpoint import refuse_existing
     from .data import DataError, read_structures
     from .modelfile import Model
 
@@ -149,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {a.model}: cannot load the model: {exc}", file=sys.stderr)
         return 2
-    for path in [a.json] if a.json else []:
-        if os.path.exists(path) and not a.overwrite:
-            print(f"error: {path} exists; refusing to overwrite it (use --overwrite)", file=sys.stderr)
-            return 2
+    outputs = ([a.json] if a.json else []) + (_parity_paths(a.parity, not a.no_forces) if a.parity else [])
+    try:  # before any work: a refusal after minutes of evaluation would waste them
+        refuse_existing(outputs, a.overwrite)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         st, _ = read_structures(a.data, need_forces=not a.no_forces, elements=model.layout.elements, index=a.index)
     except DataError as exc:
@@ -167,13 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forces: RMSE {rep.force_rmse_ev_per_a:.4f} eV/Å, MAE {rep.force_mae_ev_per_a:.4f} eV/Å, "
               f"max {rep.force_max_ev_per_a:.4f} eV/Å ({rep.force_max_where})")  # fmt: skip
     print(f"extrapolation: {rep.extrapolated_atoms_percent:.2f}% of atoms have a fingerprint outside the training range")
-    try:
-        if a.parity:
-            for path in _write_parity(a.parity, st, E, F, a.overwrite):
-                print(f"wrote {path}")
-    except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if a.parity:
+        for path in _write_parity(a.parity, st, E, F):
+            print(f"wrote {path}")
     if a.json:
         from .checkpoint import atomic_write_bytes
 

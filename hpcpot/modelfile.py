@@ -9,13 +9,12 @@ diffable; float64 values round-trip exactly through Python's repr.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import __version__
-from .checkpoint import atomic_write_bytes
+from .checkpoint import atomic_write_bytes, refuse_existing
 from .fingerprints import SymmetryFunctions
 from .model import Layout
 
@@ -69,8 +68,7 @@ class Model:
         return cls(sf, layout, params, gmin, gmax)
 
     def save(self, path: str, overwrite: bool = False) -> None:
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path} exists; refusing to overwrite it (use --overwrite)")
+        refuse_existing([path], overwrite)
         blob = json.dumps(self.to_dict(), indent=1).encode()
         atomic_write_bytes(path, lambda fh: fh.write(blob))
 

@@ -118,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--info-key", default="", help="atoms.info key to keep as a tag (e.g. split)")
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
-    if os.path.exists(a.output) and not a.overwrite:
-        print(f"error: {a.output} exists; pass --overwrite to replace it", file=sys.stderr)
+    from .checkpoint import refuse_existing
+
+    try:
+        refuse_existing([a.output], a.overwrite)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         st, tags = read_structures(a.inputs, need_forces=not a.no_forces, info_key=a.info_key)
