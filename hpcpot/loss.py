@@ -169,6 +169,26 @@ class ShardProblem:
         size = self.block if forces else self.block_energy_only
         return [(b0, min(n, b0 + size)) for b0 in range(0, n, size)]
 
+    def _forward(self, params: np.ndarray, e: int, forces: bool):
+        """Element e's network over its atoms, block by block: (layers, slope, intercept,
+        [(b0, b1, Pass)], outputs (n_e,))."""
+        lay = self.layout
+        layers = lay.unpack(params, e)
+        slope, intercept = lay.slope_intercept(params, e)
+        out_e = np.empty(len(self.X[e]))
+        blocks = []
+        for b0, b1 in self._blocks(e, forces):
+            ps = forward(layers, self.X[e][b0:b1], lay.activation)
+            out_e[b0:b1] = ps.out
+            blocks.append((b0, b1, ps))
+        return layers, slope, intercept, blocks, out_e
+
+    def _fill_input_gradients(self, e: int, layers, slope: float, blocks) -> None:
+        """self.g rows of element e = slope * d(network output)/d(scaled fingerprints)."""
+        r0, nf = self.elem_ptr[e], self.layout.n_inputs[e]
+        for b0, b1, ps in blocks:
+            self.g[r0 + b0 : r0 + b1, :nf] = slope * input_gradient(layers, ps)
+
     def evaluate(self, params: np.ndarray, with_grad: bool = True, out: np.ndarray | None = None) -> np.ndarray:
         """Partial sums of this shard (see module doc); ``out`` is filled and returned.
 
@@ -185,14 +205,7 @@ class ShardProblem:
             if len(self.X[e]) == 0:
                 passes.append(None)
                 continue
-            layers = lay.unpack(params, e)
-            slope, intercept = lay.slope_intercept(params, e)
-            out_e = np.empty(len(self.X[e]))
-            blocks = []
-            for b0, b1 in self._blocks(e, do_forces):
-                ps = forward(layers, self.X[e][b0:b1], lay.activation)
-                out_e[b0:b1] = ps.out
-                blocks.append((b0, b1, ps))
+            layers, slope, intercept, blocks, out_e = self._forward(params, e, do_forces)
             Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
             passes.append((layers, slope, blocks, out_e))
         rE = (Ehat - self.energy) / self.natoms
@@ -206,9 +219,7 @@ class ShardProblem:
                 if passes[e] is None:
                     continue
                 layers, slope, blocks, _ = passes[e]
-                r0 = self.elem_ptr[e]
-                for b0, b1, ps in blocks:
-                    self.g[r0 + b0 : r0 + b1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
+                self._fill_input_gradients(e, layers, slope, blocks)
             self.v[:] = 0.0
             sq = np.empty(self.n_images)
             mx = np.empty(self.n_images)
@@ -247,20 +258,13 @@ class ShardProblem:
     def _energies(self, params: np.ndarray, fill_g: bool = False) -> np.ndarray:
         """Ê per image (eV); with ``fill_g`` also the input gradients self.g, from the same
         forward passes."""
-        lay = self.layout
         Ehat = np.zeros(self.n_images)
-        for e in range(len(lay.elements)):
+        for e in range(len(self.layout.elements)):
             if len(self.X[e]) == 0:
                 continue
-            layers = lay.unpack(params, e)
-            slope, intercept = lay.slope_intercept(params, e)
-            r0 = self.elem_ptr[e]
-            out_e = np.empty(len(self.X[e]))
-            for b0, b1 in self._blocks(e):
-                ps = forward(layers, self.X[e][b0:b1], lay.activation)
-                out_e[b0:b1] = ps.out
-                if fill_g:
-                    self.g[r0 + b0 : r0 + b1, : lay.n_inputs[e]] = slope * input_gradient(layers, ps)
+            layers, slope, intercept, blocks, out_e = self._forward(params, e, True)
+            if fill_g:
+                self._fill_input_gradients(e, layers, slope, blocks)
             Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
         return Ehat
 
