@@ -276,7 +276,6 @@ def parameter_gradient(
     abar, arow = Wout, obar  # dS/da of the top hidden layer is arow[:, None] * abar
     tdbar = None if tang is None else tbar * Wout
     c0, c1 = D2_COEFFICIENTS[ps.kind]
-    ones = None
     for k in range(nl - 2, -1, -1):
         W = layers[k][0]
         zbar = np.empty_like(d1s[k])
@@ -289,10 +288,7 @@ def parameter_gradient(
             dW = zbar.T @ acts[k]
         grads[k] = (dW, _column_sums(zbar))
         if k > 0:
-            abar = zbar @ W
-            if ones is None:
-                ones = np.ones(n)
-            arow = ones
+            abar, arow = zbar @ W, np.ones(n)
             if tang is not None:
                 tdbar = zdbar @ W
     return grads, outdot

@@ -23,6 +23,13 @@ from .parallel import SerialComm
 from .prepare import hdf5_n_images, is_hdf5, read_hdf5
 
 
+def _pack(images: list, idx, path: str, need_forces: bool, tags_key: str) -> tuple[Structures, list]:
+    """Validate ASE images (``idx``: their indices in ``path``) into Structures, and their tags."""
+    items = [(a, f"{path}: image {k}") for a, k in zip(images, idx, strict=True)]
+    tags = [a.info.get(tags_key) if tags_key else None for a in images]
+    return atoms_to_structures(items, need_forces), tags
+
+
 def _parse_on_root(comm: SerialComm, path: str, index: str, need_forces: bool, tags_key: str):
     """Rank 0 parses and validates a whole non-indexable file; every rank gets (Structures, tags).
 
@@ -31,9 +38,7 @@ def _parse_on_root(comm: SerialComm, path: str, index: str, need_forces: bool, t
     if comm.rank == 0:
         try:
             images = _read_file(path, index)
-            items = [(a, f"{path}: image {k}") for k, a in enumerate(images)]
-            tags = [a.info.get(tags_key) if tags_key else None for a in images]
-            payload = (atoms_to_structures(items, need_forces), tags)
+            payload = _pack(images, range(len(images)), path, need_forces, tags_key)
         except DataError as exc:
             payload = str(exc)
     payload = comm.bcast(payload)
@@ -80,9 +85,7 @@ class _Source:
 
         with Trajectory(self.path) as tr:
             images = [tr[int(k)] for k in idx]
-        items = [(a, f"{self.path}: image {k}") for a, k in zip(images, idx, strict=True)]
-        tags = [a.info.get(tags_key) if tags_key else None for a in images]
-        return atoms_to_structures(items, need_forces), tags
+        return _pack(images, idx, self.path, need_forces, tags_key)
 
     def tags(self, key: str) -> list:
         if self.kind == "ase":
