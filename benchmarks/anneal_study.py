@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcpot.anneal import anneal
-from hpcpot.config import load_config
-from hpcpot.model import initial_parameters
-from hpcpot.optimize import LogWriter, run_optimizer
 from hpcpot.parallel import CMD_LOSS, Evaluator, SerialComm
-from hpcpot.trainer import build
+from hpcpot.potential.network import initial_parameters
+from hpcpot.training.anneal import anneal
+from hpcpot.training.config import load_config
+from hpcpot.training.loss import N_HEAD
+from hpcpot.training.optimizers import LogWriter, run_optimizer
+from hpcpot.training.trainer import build
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "o_pt111_emt_3000.traj"
 
@@ -59,7 +60,7 @@ dir = "{d}/out"
         cfg = load_config(cfgp)
         comm = SerialComm()
         setup = build(comm, cfg, lambda *x: None)
-    ev = Evaluator(comm, setup.train, setup.valid)
+    ev = Evaluator(comm, setup.train, setup.valid, N_HEAD)
     lay = setup.layout
     ne = len(lay.elements)
     k = lay.scaling_offset

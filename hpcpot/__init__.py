@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     if name == "Calculator":
-        from .calculator import Calculator
+        from .potential.calculator import Calculator
 
         return Calculator
     raise AttributeError(name)

@@ -66,7 +66,7 @@ dir = "out"
 
 
 def compile_times() -> dict:
-    code = "import time;t=time.perf_counter();from hpcpot.trainer import _exercise_kernels;_exercise_kernels();print(time.perf_counter()-t)"
+    code = "import time;t=time.perf_counter();from hpcpot.training.trainer import _exercise_kernels;_exercise_kernels();print(time.perf_counter()-t)"
     out = {}
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, NUMBA_CACHE_DIR=d)
@@ -77,12 +77,13 @@ def compile_times() -> dict:
 
 
 def single_process(data: str, images: int, repeats: int, log) -> dict:
-    from .config import FingerprintConfig
-    from .data import read_structures
-    from .fingerprints import SymmetryFunctions, compute_fingerprints
-    from .loss import ShardProblem
-    from .model import Layout, initial_parameters
-    from .trainer import _exercise_kernels
+    from .potential.fingerprints import compute_fingerprints
+    from .potential.network import Layout, initial_parameters
+    from .training.config import FingerprintConfig
+    from .training.data import read_structures
+    from .training.descriptors import symmetry_functions
+    from .training.loss import ShardProblem
+    from .training.trainer import _exercise_kernels
 
     _exercise_kernels()
     res: dict = {"images": images}
@@ -91,7 +92,7 @@ def single_process(data: str, images: int, repeats: int, log) -> dict:
     res["read_validate_s"] = time.perf_counter() - t
     res["atoms"] = int(len(st.species))
     res["force_values"] = int(3 * len(st.species))
-    sf = SymmetryFunctions.from_config(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
     res["fingerprint_s"], _ = _median_time(lambda: compute_fingerprints(st, sf, False), 1)
     t = time.perf_counter()
     G, b = compute_fingerprints(st, sf, True)
@@ -149,8 +150,8 @@ def _calculator_times(data: str, sf, lay, p, gmin, gmax, repeats: int) -> dict:
     and a 4x4x1 repeat of it, the positions nudged before each call so nothing is cached."""
     from ase.io import read
 
-    from .calculator import Calculator
-    from .modelfile import Model
+    from .potential.calculator import Calculator
+    from .potential.modelfile import Model
 
     calc = Calculator(Model(sf, lay, p, gmin, gmax))
     atoms = read(data, 0)
@@ -169,9 +170,10 @@ def _calculator_times(data: str, sf, lay, p, gmin, gmax, repeats: int) -> dict:
 
 def worker(args) -> int:
     """Run under mpiexec: set up, then time evaluations; rank 0 prints one JSON line."""
-    from .config import load_config
     from .parallel import CMD_LOSS, Evaluator, world
-    from .trainer import build
+    from .training.config import load_config
+    from .training.loss import N_HEAD
+    from .training.trainer import build
 
     comm = world()
     with tempfile.TemporaryDirectory() as d:
@@ -183,7 +185,7 @@ def worker(args) -> int:
         cfg = comm.bcast(cfg)
         setup = build(comm, cfg, lambda *a: None)
     startup = float(comm.allreduce_max(np.array([_process_age()]))[0])
-    ev = Evaluator(comm, setup.train)
+    ev = Evaluator(comm, setup.train, None, N_HEAD)
     rss = comm.allgather(_rss_mib())
     if comm.rank != 0:
         ev.serve()
@@ -240,7 +242,7 @@ def _collectives(comm, ev, n: int = 300) -> float:
 
 def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
     """Predicted efficiency from measured figures (a latency model of the collectives)."""
-    from .shard import balanced_ranges
+    from .training.shard import balanced_ranges
 
     t1 = res1["compute_rank0_s"]
     opt = res1["optimizer_per_eval_s"]
@@ -266,6 +268,14 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
     for line in lines:
         log(line)
     return out
+
+
+def _find_mpiexec() -> str | None:
+    """The mpiexec beside this python (the venv's MPICH), else one on PATH, else None."""
+    import shutil
+
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,9 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{results['compile']['warm_cache_s']:.1f} s to load from cache")  # fmt: skip
     if not args.skip_single:
         results["single"] = single_process(args.data, args.images, args.repeats, log)
-    mpiexec = Path(sys.executable).parent / "mpiexec"
+    mpiexec = _find_mpiexec()
     mpi = {}
     ranks = [int(r) for r in args.ranks.split(",") if r]
+    if mpiexec is None and (ranks or args.startup_ranks):
+        log("no mpiexec beside this python or on PATH (pip install mpich, or load your site's MPI): "
+            "skipping the MPI part of the benchmark")  # fmt: skip
+        ranks, args.startup_ranks = [], ""
     for n, startup_only in [(r, False) for r in ranks] + [(r, True) for r in (int(x) for x in args.startup_ranks.split(",") if x)]:
         cmd = [str(mpiexec), "-n", str(n), sys.executable, "-m", "hpcpot.bench", "--worker", "--data", args.data,
                "--images", str(args.images), "--repeats", str(args.repeats)] + (["--startup-only"] if startup_only else [])  # fmt: skip
@@ -325,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         e1, e2 = mpi["eval_1"]["eval_s"], mpi["eval_2"]["eval_s"]
         results["speedup_2"] = e1 / e2
         log(f"strong scaling 1 -> 2 ranks: speed-up {e1 / e2:.2f}, parallel efficiency {100 * e1 / e2 / 2:.0f}%")
-        from .data import read_structures
-        from .shard import pair_cost
+        from .training.data import read_structures
+        from .training.shard import pair_cost
 
         st, _ = read_structures([args.data], need_forces=False, index=f":{args.images}")
         costs = pair_cost(st, 6.5)

@@ -47,12 +47,12 @@ class Report:
 
 
 def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
-    """Predict every image of ``st`` (Structures) with ``model`` (hpcpot.modelfile.Model).
+    """Predict every image of ``st`` (Structures) with ``model`` (hpcpot.potential.modelfile.Model).
 
     Returns (Report, E_pred (n_images,) eV, F_pred (n_atoms, 3) eV/Å or None).
     """
-    from .fingerprints import compute_fingerprints
-    from .loss import ShardProblem
+    from .potential.fingerprints import compute_fingerprints
+    from .potential.predict import Batch
 
     with_forces = with_forces and st.forces is not None
     m = model
@@ -67,7 +67,7 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
         sub = st.slice(lo, hi)
         a0, a1 = st.atom_ptr[lo], st.atom_ptr[hi]
         fp, blocks = compute_fingerprints(sub, m.sf, with_derivs=with_forces)
-        prob = ShardProblem(sub, fp, blocks, m.layout, m.gmin, m.gmax, tables, 1.0 if with_forces else 0.0)
+        prob = Batch(sub, fp, blocks, m.layout, m.gmin, m.gmax, tables, with_forces)
         e, f = prob.predict(m.params)
         E[lo:hi] = e
         if with_forces:
@@ -107,7 +107,7 @@ def _parity_paths(prefix: str, with_forces: bool) -> list[str]:
 
 
 def _write_parity(prefix: str, st, E: np.ndarray, F: np.ndarray | None) -> list[str]:
-    from .checkpoint import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     nat = st.n_atoms
     rows = ["image,source,n_atoms,energy_ref_eV,energy_pred_eV,energy_ref_eV_per_atom,energy_pred_eV_per_atom"]
@@ -138,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     ap.add_argument("--overwrite", action="store_true", help="replace existing --parity/--json files")
     a = ap.parse_args(argv)
-    from .checkpoint import refuse_existing
-    from .data import DataError, read_structures
-    from .modelfile import Model
+    from .errors import DataError
+    from .files import refuse_existing
+    from .potential.modelfile import Model
+    from .training.data import read_structures
 
     try:
         model = Model.load(a.model)
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in _write_parity(a.parity, st, E, F):
             print(f"wrote {path}")
     if a.json:
-        from .checkpoint import atomic_write_bytes
+        from .files import atomic_write_bytes
 
         blob = json.dumps(asdict(rep), indent=1).encode()
         atomic_write_bytes(a.json, lambda fh: fh.write(blob))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .loss import N_HEAD
+from .errors import InputError
 
 
 class SerialComm:
@@ -202,12 +202,9 @@ def run_guarded(comm: SerialComm, main: Callable[[], int]) -> int:
         comm.abort(130)
         return 130
     except BaseException as exc:  # noqa: BLE001 - the whole point is to catch everything
-        from .config import ConfigError
-        from .data import DataError
-
         if isinstance(exc, SystemExit):
             raise
-        if isinstance(exc, ConfigError | DataError):
+        if isinstance(exc, InputError):
             msg = f"{_who(comm)}error: {exc}"
         else:
             msg = f"{_who(comm)}error: {type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc())
@@ -234,16 +231,18 @@ class Evaluator:
 
     Rank 0 calls :meth:`evaluate`; every other rank sits in :meth:`serve`.  One evaluation
     is one ``Bcast`` of ``[command, params...]`` and one in-place ``Allreduce`` of the packed
-    partial sums of :meth:`hpcpot.loss.ShardProblem.evaluate` (plus one 2-value MAX
+    partial sums of ``train.evaluate`` / ``valid.evaluate`` (the caller's problems; this
+    module only knows their buffer sizes) (plus one 2-value MAX
     reduction only when max residuals are asked for).
     """
 
-    def __init__(self, comm: SerialComm, train, valid=None):
+    def __init__(self, comm: SerialComm, train, valid, n_head: int):
         self.comm = comm
         self.train = train
         self.valid = valid
         n = train.layout.n_params
         self.cmd = np.zeros(1 + n)
+        self.n_head = n_head  # leading buffer entries a loss-only evaluation fills
         self.buf = np.zeros(train.buffer_size)
         self.timing = {"bcast": 0.0, "compute": 0.0, "allreduce": 0.0, "n": 0}
 
@@ -256,7 +255,7 @@ class Evaluator:
             prob, with_grad = self.valid, False
         else:
             prob, with_grad = self.train, base == CMD_GRAD
-        out = self.buf if with_grad else self.buf[:N_HEAD]
+        out = self.buf if with_grad else self.buf[: self.n_head]
         if prob is not None:
             prob.evaluate(params, with_grad=with_grad, out=out)
         else:

@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from . import _threads  # noqa: F401  (before numpy: one BLAS thread per rank)
-from .config import ConfigError, load_config
 from .parallel import GlobalError, SignalFlag, run_guarded, world
+from .training.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     comm = world()
 
     def run() -> int:
-        from .trainer import train
+        from .training.trainer import train
 
         try:
             cfg = load_config(args.config)

@@ -25,7 +25,7 @@ def need(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def ref_structures():
     """The first 40 reference images (Structures, with forces)."""
-    from hpcpot.data import read_structures
+    from hpcpot.training.data import read_structures
 
     st, _ = read_structures([str(need(REF))], need_forces=True, index=":40")
     return st
@@ -33,12 +33,13 @@ def ref_structures():
 
 def small_problem(st, alpha=0.04, hidden=(7, 5), activation="tanh", dtype=np.float64):
     """(ShardProblem, params, layout) on Structures st with scaling from st itself."""
-    from hpcpot.config import FingerprintConfig
-    from hpcpot.fingerprints import SymmetryFunctions, compute_fingerprints
-    from hpcpot.loss import ShardProblem
-    from hpcpot.model import Layout, initial_parameters
+    from hpcpot.potential.fingerprints import compute_fingerprints
+    from hpcpot.potential.network import Layout, initial_parameters
+    from hpcpot.training.config import FingerprintConfig
+    from hpcpot.training.descriptors import symmetry_functions
+    from hpcpot.training.loss import ShardProblem
 
-    sf = SymmetryFunctions.from_config(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
     G, b = compute_fingerprints(st, sf, with_derivs=alpha > 0, dtype=dtype)
     ne = len(st.elements)
     gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])

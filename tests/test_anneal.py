@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import REF, need, run_mpi
 
-from hpcpot.anneal import anneal
-from hpcpot.config import AnnealConfig
+from hpcpot.training.anneal import anneal
+from hpcpot.training.config import AnnealConfig
 
 
 def _lines(buf):
@@ -54,7 +54,7 @@ def test_printed_rates_when_they_are_known():
 
 
 def test_auto_schedule_brackets_the_uphill_moves():
-    from hpcpot.anneal import auto_schedule
+    from hpcpot.training.anneal import auto_schedule
 
     cfg = AnnealConfig(enabled=True, auto=True, step_size=0.1, seed=0)
     tmax, tmin = auto_schedule(lambda x: float(x @ x), np.ones(20), cfg, log=lambda *a: None)

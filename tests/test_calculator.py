@@ -10,12 +10,12 @@ from conftest import REF, need, small_problem
 
 @pytest.fixture(scope="module")
 def model(ref_structures):
-    from hpcpot.config import FingerprintConfig
-    from hpcpot.fingerprints import SymmetryFunctions
-    from hpcpot.modelfile import Model
+    from hpcpot.potential.modelfile import Model
+    from hpcpot.training.config import FingerprintConfig
+    from hpcpot.training.descriptors import symmetry_functions
 
     prob, p, lay = small_problem(ref_structures.subset(np.arange(8)))
-    sf = SymmetryFunctions.from_config(FingerprintConfig(), list(lay.elements))
+    sf = symmetry_functions(FingerprintConfig(), list(lay.elements))
     gmin = np.zeros((2, 20))
     gmax = np.ones((2, 20)) * 5
     return Model(sf, lay, p, gmin, gmax)
@@ -45,7 +45,7 @@ def test_model_file_round_trip_and_no_overwrite(model, tmp_path):
     import ase.io
 
     from hpcpot import Calculator
-    from hpcpot.modelfile import Model
+    from hpcpot.potential.modelfile import Model
 
     path = tmp_path / "model.json"
     model.save(str(path))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import MPIEXEC, REF, ROOT, need
 
-from hpcpot import checkpoint as ckpt
+from hpcpot.training import checkpoint as ckpt
 
 
 def _write_cfg(d, iters, every=1, extra="", e_rmse=1e-12, f_rmse=1e-12):
@@ -109,10 +109,7 @@ def test_sigusr1_writes_checkpoint_and_exits_cleanly(tmp_path):
     cfg = _write_cfg(tmp_path, 100000, every=0)
     p = _start(2, cfg)
     log = tmp_path / "out" / "log.jsonl"
-    t = time.time()
-    while not (log.exists() and len(log.read_text().splitlines()) >= 5):
-        assert time.time() - t < 60 and p.poll() is None, p.communicate()
-        time.sleep(0.1)
+    _wait_for_lines(p, log, 5)
     os.kill(p.pid, signal.SIGUSR1)  # mpiexec forwards it to every rank
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
@@ -123,49 +120,55 @@ def test_sigusr1_writes_checkpoint_and_exits_cleanly(tmp_path):
     assert ck is not None and ck.stage == "optimize" and ck.iteration >= 5
 
 
+def _wait_for_lines(p, path: Path, n: int, what: str = "log lines") -> None:
+    """Block until ``path`` has ``n`` lines (the run's own progress), or fail if the run ends.
+
+    The bound is a hang detector only; nothing here assumes how fast the machine is."""
+    t = time.time()
+    while not (path.exists() and len(path.read_text().splitlines()) >= n):
+        if p.poll() is not None:
+            pytest.fail(f"the run ended before writing {n} {what}: {p.communicate()}")
+        assert time.time() - t < 600, f"no progress to {n} {what} in 600 s"
+        time.sleep(0.01)
+
+
+def _iterations(d) -> list[int]:
+    return [json.loads(x)["iteration"] for x in (d / "out" / "log.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_sigkill_at_random_moments_then_restart(tmp_path):
-    # run to a convergence criterion the reference meets after ~50 iterations
-    iters, crit = 400, {"e_rmse": 0.006, "f_rmse": 0.2}
-    ref_dir = tmp_path / "ref"
-    ref_dir.mkdir()
-    p = _start(2, _write_cfg(ref_dir, iters, **crit))
-    p.communicate(timeout=120)
-    assert p.returncode == 0
-    ref_loss, ref_it = _final_loss(ref_dir)
-    assert 20 < ref_it < iters
+    """SIGKILL the whole job after the k-th logged iteration (k random, read from the run's own
+    log), while it checkpoints every iteration; the newest checkpoint always loads and a
+    restart finishes the run with every iteration logged once.
+
+    The killed run cannot finish by itself (its criteria are unreachable and its iteration
+    budget is huge), so every kill lands on a run with work left, whatever the machine's speed;
+    the restart is given a budget of 60 iterations past the checkpoint it resumes from."""
     rng = np.random.default_rng(0)
-    trials = 20
-    loaded = restarted = 0
+    trials = 10
     for k in range(trials):
         d = tmp_path / f"t{k}"
         d.mkdir()
-        cfg = _write_cfg(d, iters, **crit)
+        cfg = _write_cfg(d, 10**6)
         p = _start(2, cfg)
-        ck_dir = d / "out" / "checkpoints"
-        t = time.time()
-        while not (ck_dir.exists() and any(ck_dir.glob("checkpoint-*.npz"))):
-            assert time.time() - t < 60 and p.poll() is None, p.communicate()
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.15))  # somewhere during training / checkpoint writes
+        _wait_for_lines(p, d / "out" / "log.jsonl", int(rng.integers(2, 40)))
         os.killpg(p.pid, signal.SIGKILL)  # mpiexec, proxy and both ranks at once
         p.communicate()
-        ck = ckpt.latest(str(ck_dir), log=lambda m: pytest.fail(m))
-        assert ck is not None
-        loaded += 1
-        if ck.stage == "done":
-            continue
+        ck = ckpt.latest(str(d / "out" / "checkpoints"), log=lambda m: pytest.fail(m))
+        assert ck is not None and ck.stage == "optimize" and ck.iteration >= 1
+        loss_at_ck = {json.loads(x)["iteration"]: json.loads(x)["loss"]
+                      for x in (d / "out" / "log.jsonl").read_text().splitlines()}[ck.iteration]  # fmt: skip
+        final = ck.iteration + 60
+        cfg.write_text(cfg.read_text().replace("max_iterations = 1000000", f"max_iterations = {final}"))
         r = _start(1, cfg, "--restart")
-        out, err = r.communicate(timeout=120)
+        out, err = r.communicate(timeout=600)
         assert r.returncode == 0, err
-        loss, it = _final_loss(d)
+        assert f"resuming stage 'optimize' at iteration {ck.iteration}" in out
         status = json.loads((d / "out" / "status.json").read_text(), parse_constant=_no_nan)
-        assert status["state"] == "converged", status
-        its = [json.loads(x)["iteration"] for x in (d / "out" / "log.jsonl").read_text().splitlines()]
-        assert its == list(range(1, len(its) + 1))  # redone iterations are logged once
-        # both stop just below the same criteria; L-BFGS-B restarts without its curvature
-        # history, so the path (and the last step taken) differs a little
-        assert loss == pytest.approx(ref_loss, rel=0.3), (loss, ref_loss, ck.iteration)
-        restarted += 1
-    assert loaded == trials and restarted >= trials // 2
+        assert status["state"] == "not_converged" and f"after {final} iterations" in status["message"], status
+        assert _iterations(d) == list(range(1, final + 1))  # redone iterations are logged once
+        loss, it = _final_loss(d)
+        assert it == final and loss < loss_at_ck  # it went on from the checkpoint's parameters
+        assert ckpt.latest(str(d / "out" / "checkpoints")).stage == "done"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcpot.config import Config, ConfigError, FingerprintConfig, load_config, parse_config
-from hpcpot.fingerprints import SymmetryFunctions
+from hpcpot.training.config import Config, ConfigError, FingerprintConfig, load_config, parse_config
+from hpcpot.training.descriptors import symmetry_functions
 
 SRC = "/some/where/train.toml"
 
@@ -53,7 +53,7 @@ def test_defaults():
     assert cfg.checkpoint.every == 50 and cfg.checkpoint.keep == 2
     assert cfg.output.dir == "run" and cfg.output.overwrite is False
     # the default fingerprint set: 20 functions per element for two elements
-    sf = SymmetryFunctions.from_config(cfg.fingerprints, ["Pt", "O"])
+    sf = symmetry_functions(cfg.fingerprints, ["Pt", "O"])
     assert list(sf.n_functions) == [20, 20]
     # sections given but empty are the defaults too
     empty = parse_config({s: {} for s in cfg.to_dict()}, SRC)
@@ -240,8 +240,8 @@ def test_per_element_fingerprint_override(tmp_path):
     assert set(cfg.fingerprints.elements) == {"O"}
     assert cfg.fingerprints.elements["O"].g2_etas == [0.5, 2.0, 9.0]
     assert cfg.fingerprints.elements["O"].g4_zetas is None
-    sf = SymmetryFunctions.from_config(cfg.fingerprints, ["Pt", "O"])
-    ref = SymmetryFunctions.from_config(FingerprintConfig(cutoff=6.0), ["Pt", "O"])
+    sf = symmetry_functions(cfg.fingerprints, ["Pt", "O"])
+    ref = symmetry_functions(FingerprintConfig(cutoff=6.0), ["Pt", "O"])
     d, r = sf.to_dict()["functions"], ref.to_dict()["functions"]
     # Pt unchanged
     assert d["Pt"] == r["Pt"]
@@ -267,7 +267,7 @@ def test_per_element_override_other_keys_and_preset():
         },
         SRC,
     )
-    sf = SymmetryFunctions.from_config(cfg.fingerprints, ["O", "Pt"])
+    sf = symmetry_functions(cfg.fingerprints, ["O", "Pt"])
     d = sf.to_dict()["functions"]
     # O: amp G2 etas (4 x 2), G4 1 zeta x 2 gammas x 3 pairs
     assert len(d["O"]) == 8 + 6
@@ -292,16 +292,16 @@ def test_per_element_override_other_keys_and_preset():
     ],
 )
 def test_more_bad_ranges_name_the_key(table, key):
-    from hpcpot.config import ConfigError, parse_config
+    from hpcpot.training.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError, match=key):
         parse_config(table, "run.toml")
 
 
 def test_override_for_an_element_not_in_the_model_is_an_error():
-    from hpcpot.config import ConfigError, parse_config
-    from hpcpot.fingerprints import SymmetryFunctions
+    from hpcpot.training.config import ConfigError, parse_config
+    from hpcpot.training.descriptors import symmetry_functions
 
     cfg = parse_config({"fingerprints": {"elements": {"Oxygen": {"g2_etas": [1.0]}}}}, "run.toml")
     with pytest.raises(ConfigError, match="Oxygen"):
-        SymmetryFunctions.from_config(cfg.fingerprints, ["O", "Pt"])
+        symmetry_functions(cfg.fingerprints, ["O", "Pt"])

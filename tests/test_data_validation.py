@@ -13,9 +13,11 @@ import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from hpcpot.config import FingerprintConfig
-from hpcpot.data import DataError, read_structures, split_indices
-from hpcpot.fingerprints import SymmetryFunctions, compute_fingerprints
+from hpcpot.errors import DataError
+from hpcpot.potential.fingerprints import compute_fingerprints
+from hpcpot.training.config import FingerprintConfig
+from hpcpot.training.data import read_structures, split_indices
+from hpcpot.training.descriptors import symmetry_functions
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REF_TRAJ = DATA / "o_pt111_emt_3000.traj"
@@ -161,7 +163,7 @@ def test_atoms_too_close(tmp_path):
     bad.positions[2] = bad.positions[1] + [0.2, 0.05, 0.0]  # 0.206 Å from atom 1
     p = write(tmp_path / "close.extxyz", [*ok, bad, image()])
     st, _ = read_structures([p], need_forces=True)  # reading alone does not check distances
-    sf = SymmetryFunctions.from_config(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
     for chunk in (300_000, 1):  # whole file in one chunk, and one image per chunk
         with pytest.raises(DataError) as exc:
             compute_fingerprints(st, sf, chunk_pairs=chunk)
@@ -179,7 +181,7 @@ def test_atom_too_close_to_its_own_periodic_image(tmp_path):
     a.calc = SinglePointCalculator(a, energy=1.0, forces=np.zeros((1, 3)))
     p = write(tmp_path / "thin.extxyz", [image(), a])
     st, _ = read_structures([p], need_forces=True)
-    sf = SymmetryFunctions.from_config(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
     with pytest.raises(DataError) as exc:
         compute_fingerprints(st, sf, with_derivs=False)
     assert_names(exc, p, 1, "0.250")

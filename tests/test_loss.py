@@ -59,7 +59,7 @@ def test_loss_is_amps_definition(ref_structures):
 def test_empty_shard_evaluates_to_zero(ref_structures):
     st = ref_structures.subset(np.arange(4))
     prob, p, lay = small_problem(st)
-    from hpcpot.loss import ShardProblem
+    from hpcpot.training.loss import ShardProblem
 
     empty = st.subset(np.arange(0))
     ep = ShardProblem(empty, np.zeros((0, prob.X[0].shape[1])), None, lay, np.zeros((2, 20)), np.ones((2, 20)),
@@ -69,13 +69,14 @@ def test_empty_shard_evaluates_to_zero(ref_structures):
 
 
 def test_recompute_mode_gives_the_stored_answer(ref_structures):
-    from hpcpot.config import FingerprintConfig
-    from hpcpot.fingerprints import SymmetryFunctions, compute_fingerprints
-    from hpcpot.loss import ShardProblem
+    from hpcpot.potential.fingerprints import compute_fingerprints
+    from hpcpot.training.config import FingerprintConfig
+    from hpcpot.training.descriptors import symmetry_functions
+    from hpcpot.training.loss import ShardProblem
 
     st = ref_structures.subset(np.arange(9))
     prob, p, lay = small_problem(st)
-    sf = SymmetryFunctions.from_config(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
     G, _ = compute_fingerprints(st, sf, with_derivs=False)
     ne = len(st.elements)
     gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
@@ -87,7 +88,7 @@ def test_recompute_mode_gives_the_stored_answer(ref_structures):
 
 
 def test_tanh_kernel_matches_numpy_to_rounding():
-    from hpcpot.model import _tanh_and_derivative
+    from hpcpot.potential.network import _tanh_and_derivative
 
     tiny = np.logspace(-300, 0, 3000)
     z0 = np.concatenate([np.linspace(-30, 30, 200_001), tiny, -tiny, [0.0, 400.0, -1e6, 19.1, -19.1]])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -118,13 +117,11 @@ def test_training_history_same_on_1_2_3_ranks(tmp_path):
 
 def test_error_on_one_rank_ends_every_rank(tmp_path):
     cfg = _config(tmp_path, "fail", iters=1000)
-    t = time.perf_counter()
-    r = run_mpi(3, ["tests/mpi/helper.py", "fail", str(cfg)], timeout=120)
-    elapsed = time.perf_counter() - t
+    # it ends (a hang would hit the timeout, a hang detector, not a speed assumption)
+    r = run_mpi(3, ["tests/mpi/helper.py", "fail", str(cfg)], timeout=300)
     assert r.returncode != 0
     assert "[rank 1] error: RuntimeError: injected failure on rank 1" in r.stderr
     assert "[rank 0] error" not in r.stderr and "[rank 2] error" not in r.stderr
-    assert elapsed < 100  # it ends; a hang would hit the timeout
 
 
 def test_missing_data_file_reported_once(tmp_path):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from conftest import DATA, REF, need
 
-from hpcpot.data import DataError, read_structures
+from hpcpot.errors import DataError
 from hpcpot.prepare import main as prepare_main
-from hpcpot.prepare import read_hdf5
+from hpcpot.training.data import read_structures
+from hpcpot.training.hdf5 import read_hdf5
 
 
 def test_prepare_round_trip_and_slices(tmp_path):

@@ -199,7 +199,7 @@ def test_jobscript_trains(slurm: Slurm, tmp_path: Path, script: str):
 
 
 def test_usr1_checkpoint_requeue_and_restart(slurm: Slurm, tmp_path: Path):
-    from hpcpot import checkpoint as ckpt
+    from hpcpot.training import checkpoint as ckpt
 
     cfg = _config(tmp_path / "cfg.toml", max_iterations=100000)
     run = tmp_path / "run"

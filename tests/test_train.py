@@ -48,7 +48,7 @@ validate_every = 10
     first = json.loads((tmp_path / "out" / "log.jsonl").read_text().splitlines()[0])
     assert first["loss"] > 5 * status["stats"]["train"]["loss"]
     # the saved model reproduces the validation figures on the held-out images themselves
-    from hpcpot.data import split_indices
+    from hpcpot.training.data import split_indices
 
     _, val_idx = split_indices(400, 0.25, 3)
     calc = Calculator(str(tmp_path / "out" / "model.json"))
@@ -65,9 +65,9 @@ validate_every = 10
     assert np.sqrt(np.mean(np.square(np.concatenate(dF)))) == pytest.approx(val["force_rmse"], rel=1e-6)
 
     # hpcpot.evaluate (chunked, vectorised) gives the same figures on the same images
-    from hpcpot.data import read_structures
     from hpcpot.evaluate import evaluate
-    from hpcpot.modelfile import Model
+    from hpcpot.potential.modelfile import Model
+    from hpcpot.training.data import read_structures
 
     model = Model.load(str(tmp_path / "out" / "model.json"))
     st, _ = read_structures([str(REF)], need_forces=True, elements=model.layout.elements, index=":400")
@@ -126,7 +126,7 @@ def test_help_runs():
 
 
 def test_memory_limit_follows_slurm(monkeypatch):
-    from hpcpot.trainer import node_memory_limit
+    from hpcpot.training.trainer import node_memory_limit
 
     monkeypatch.delenv("SLURM_MEM_PER_CPU", raising=False)
     monkeypatch.delenv("SLURM_MEM_PER_NODE", raising=False)

@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 
-from hpcpot.config import load_config
 from hpcpot.parallel import Evaluator, run_guarded, world
-from hpcpot.trainer import build
+from hpcpot.training.config import load_config
+from hpcpot.training.loss import N_HEAD
+from hpcpot.training.trainer import build
 
 
 def main() -> int:
@@ -22,7 +23,7 @@ def main() -> int:
         def run():
             cfg = load_config(cfgpath)
             setup = build(comm, cfg, lambda *a: None)
-            ev = Evaluator(comm, setup.train, setup.valid)
+            ev = Evaluator(comm, setup.train, setup.valid, N_HEAD)
             if comm.rank != 0:
                 ev.serve()
                 return 0
@@ -34,9 +35,9 @@ def main() -> int:
 
         return run_guarded(comm, run)
     if mode == "fail":
-        import hpcpot.loss
+        import hpcpot.training.loss
 
-        orig = hpcpot.loss.ShardProblem.evaluate
+        orig = hpcpot.training.loss.ShardProblem.evaluate
         count = {"n": 0}
 
         def bad(self, *a, **k):
@@ -45,7 +46,7 @@ def main() -> int:
                 raise RuntimeError("injected failure on rank 1")
             return orig(self, *a, **k)
 
-        hpcpot.loss.ShardProblem.evaluate = bad
+        hpcpot.training.loss.ShardProblem.evaluate = bad
     from hpcpot.train import main as train_main
 
     return train_main([cfgpath, "--overwrite"])

@@ -3,81 +3,26 @@
 Any file ASE reads (``.traj``, extxyz, ASE db, gzip-compressed too) or an HDF5 file made by
 ``python -m hpcpot.prepare``.  Every image is checked up front; a problem raises
 :class:`DataError` naming the file, the image index and the field.
+
+:class:`ImageSet` is all input files as one global image list that a rank reads by index:
+HDF5 files and ASE ``.traj`` files are read image by image (a rank reads only its images);
+any other format (extxyz, ASE db, a .traj with an index) is parsed once, by rank 0,
+validated, and broadcast as compact arrays.  Which images a rank owns is
+:mod:`hpcpot.training.shard`'s business.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-MIN_DISTANCE = 0.3  # Å; closer atoms are almost surely a unit or parsing error (checked in fingerprints)
-
-
-class DataError(ValueError):
-    """Bad input data; the message names file, image and field."""
-
-
-@dataclass
-class Structures:
-    """A set of images (a shard) as flat arrays.
-
-    Atoms of image ``j`` are ``atom_ptr[j]:atom_ptr[j+1]``.  ``species`` indexes
-    ``elements``.  Energies are total energies in eV, forces in eV/Å (``None`` when not
-    loaded), positions and cells in Å.
-    """
-
-    elements: tuple[str, ...]
-    species: np.ndarray  # int64 (n_atoms,)
-    positions: np.ndarray  # float64 (n_atoms, 3)
-    cells: np.ndarray  # float64 (n_images, 3, 3)
-    pbc: np.ndarray  # bool (n_images, 3)
-    atom_ptr: np.ndarray  # int64 (n_images + 1,)
-    energy: np.ndarray  # float64 (n_images,)
-    forces: np.ndarray | None  # float64 (n_atoms, 3)
-    sources: list[str] = field(default_factory=list)  # "file:index" per image
-
-    @property
-    def n_images(self) -> int:
-        return len(self.energy)
-
-    @property
-    def n_atoms(self) -> np.ndarray:
-        return np.diff(self.atom_ptr)
-
-    def slice(self, lo: int, hi: int) -> Structures:
-        """Images lo..hi-1 as views (no copy)."""
-        a0, a1 = self.atom_ptr[lo], self.atom_ptr[hi]
-        return Structures(
-            self.elements, self.species[a0:a1], self.positions[a0:a1], self.cells[lo:hi], self.pbc[lo:hi],
-            self.atom_ptr[lo : hi + 1] - a0, self.energy[lo:hi],
-            None if self.forces is None else self.forces[a0:a1], self.sources[lo:hi],
-        )  # fmt: skip
-
-    def subset(self, idx: np.ndarray) -> Structures:
-        """The images ``idx`` (in that order) as a new Structures."""
-        idx = np.asarray(idx, np.int64)
-        n = self.n_atoms[idx]
-        ptr = np.zeros(len(idx) + 1, np.int64)
-        np.cumsum(n, out=ptr[1:])
-        rows = (
-            np.concatenate([np.arange(self.atom_ptr[k], self.atom_ptr[k + 1]) for k in idx])
-            if len(idx)
-            else np.zeros(0, np.int64)
-        )
-        return Structures(
-            self.elements,
-            self.species[rows],
-            self.positions[rows],
-            self.cells[idx],
-            self.pbc[idx],
-            ptr,
-            self.energy[idx],
-            None if self.forces is None else self.forces[rows],
-            [self.sources[k] for k in idx],
-        )
+from ..errors import DataError
+from ..parallel import SerialComm
+from ..potential.structures import Structures, concat_structures, species_indices
+from .hdf5 import hdf5_n_images, is_hdf5, read_hdf5
 
 
 def expand_paths(patterns: list[str]) -> list[str]:
@@ -161,12 +106,6 @@ def check_image(atoms, source: str, need_forces: bool, elements: tuple[str, ...]
     return float(energy), forces
 
 
-def species_indices(symbols: np.ndarray, elements: tuple[str, ...]) -> np.ndarray:
-    """Index of each symbol in ``elements`` (int64, one lookup per distinct symbol)."""
-    uniq, inv = np.unique(np.asarray(symbols), return_inverse=True)
-    return np.array([elements.index(u) for u in uniq], np.int64)[inv].reshape(-1)
-
-
 def atoms_to_structures(
     items: list, need_forces: bool, elements: tuple[str, ...] | None = None
 ) -> Structures:
@@ -204,43 +143,6 @@ def atoms_to_structures(
     )
 
 
-def concat_structures(parts: list[Structures], elements: tuple[str, ...]) -> Structures:
-    """Join Structures (possibly with different element tuples) under ``elements``."""
-    sp, pos, cells, pbc, nat, en, fr, src = [], [], [], [], [], [], [], []
-    with_f = all(p.forces is not None for p in parts)
-    for p in parts:
-        missing = sorted(set(p.elements) - set(elements))
-        if missing:
-            used = set(np.asarray(p.elements)[np.unique(p.species)].tolist()) if len(p.species) else set()
-            if used & set(missing):
-                raise DataError(f"element(s) {', '.join(missing)} in the data are not among the model's elements")
-        lut = np.array([elements.index(e) if e in elements else -1 for e in p.elements], np.int64)
-        sp.append(lut[p.species] if len(p.species) else p.species)
-        pos.append(p.positions)
-        cells.append(p.cells)
-        pbc.append(p.pbc)
-        nat.append(p.n_atoms)
-        en.append(p.energy)
-        if with_f:
-            fr.append(p.forces)
-        src.extend(p.sources)
-    cat = np.concatenate
-    n = cat(nat) if nat else np.zeros(0, np.int64)
-    ptr = np.zeros(len(n) + 1, np.int64)
-    np.cumsum(n, out=ptr[1:])
-    return Structures(
-        tuple(elements),
-        cat(sp) if sp else np.zeros(0, np.int64),
-        cat(pos) if pos else np.zeros((0, 3)),
-        cat(cells) if cells else np.zeros((0, 3, 3)),
-        cat(pbc) if pbc else np.zeros((0, 3), bool),
-        ptr,
-        cat(en) if en else np.zeros(0),
-        (cat(fr) if fr else np.zeros((0, 3))) if with_f else None,
-        src,
-    )
-
-
 def read_structures(
     patterns: list[str],
     need_forces: bool,
@@ -253,8 +155,6 @@ def read_structures(
     Returns the Structures (elements sorted by symbol, or the given ``elements``) and, per
     image, ``atoms.info[info_key]`` (None where absent) when ``info_key`` is set.
     """
-    from .prepare import is_hdf5, read_hdf5
-
     parts, tags = [], []
     for path in expand_paths(patterns):
         if is_hdf5(path):
@@ -296,3 +196,118 @@ def split_indices(
     perm = np.random.default_rng(seed).permutation(n)
     n_val = int(round(fraction * n))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _pack(images: list, idx, path: str, need_forces: bool, tags_key: str) -> tuple[Structures, list]:
+    """Validate ASE images (``idx``: their indices in ``path``) into Structures, and their tags."""
+    items = [(a, f"{path}: image {k}") for a, k in zip(images, idx, strict=True)]
+    tags = [a.info.get(tags_key) if tags_key else None for a in images]
+    return atoms_to_structures(items, need_forces), tags
+
+
+def _parse_on_root(comm: SerialComm, path: str, index: str, need_forces: bool, tags_key: str):
+    """Rank 0 parses and validates a whole non-indexable file; every rank gets (Structures, tags).
+
+    A DataError on rank 0 is raised on every rank, with rank 0's message."""
+    payload = None
+    if comm.rank == 0:
+        try:
+            images = _read_file(path, index)
+            payload = _pack(images, range(len(images)), path, need_forces, tags_key)
+        except DataError as exc:
+            payload = str(exc)
+    payload = comm.bcast(payload)
+    if isinstance(payload, str):
+        raise DataError(payload)
+    return payload
+
+
+class _Source:
+    """One input file, readable by image index."""
+
+    def __init__(self, path: str, index: str, comm: SerialComm | None = None, need_forces: bool = True,
+                 tags_key: str = ""):  # fmt: skip
+        self.path = path
+        self.index = index
+        self.kind = "hdf5" if is_hdf5(path) else ("traj" if path.endswith(".traj") and index == ":" else "ase")
+        self._st: Structures | None = None
+        self._tags: list = []
+        self._tags_key = tags_key
+        if self.kind == "hdf5":
+            self.n = hdf5_n_images(path)
+        elif self.kind == "traj":
+            from ase.io.trajectory import Trajectory
+
+            try:
+                with Trajectory(path) as tr:
+                    self.n = len(tr)
+            except Exception as exc:
+                raise DataError(f"{path}: ASE cannot read it: {type(exc).__name__}: {exc}") from None
+            if self.n == 0:
+                raise DataError(f"{path}: the file is empty (no images)")
+        else:
+            self._st, self._tags = _parse_on_root(comm or SerialComm(), path, index, need_forces, tags_key)
+            self.n = self._st.n_images
+
+    def read(self, idx: np.ndarray, need_forces: bool, tags_key: str = "") -> tuple[Structures, list]:
+        if self.kind == "hdf5":
+            return read_hdf5(self.path, need_forces=need_forces, images=idx, info_key=tags_key)
+        if self.kind == "ase":
+            if need_forces and self._st.forces is None:
+                raise DataError(f"{self.path}: forces missing (needed because force_coefficient > 0)")
+            return self._st.subset(np.asarray(idx, np.int64)), [self._tags[int(k)] for k in idx]
+        from ase.io.trajectory import Trajectory
+
+        with Trajectory(self.path) as tr:
+            images = [tr[int(k)] for k in idx]
+        return _pack(images, idx, self.path, need_forces, tags_key)
+
+    def tags(self, key: str) -> list:
+        if self.kind == "ase":
+            if key != self._tags_key:
+                raise ValueError(f"{self.path} was parsed keeping info key {self._tags_key!r}, not {key!r}")
+            return list(self._tags)
+        if self.kind == "hdf5":
+            _, t = read_hdf5(self.path, need_forces=False, images=np.arange(self.n), info_key=key)
+            return t
+        _, t = self.read(np.arange(self.n), need_forces=False, tags_key=key)
+        return t
+
+
+@dataclass
+class ImageSet:
+    """All input files as one global image list."""
+
+    sources: list[_Source]
+    offsets: np.ndarray  # global index of each file's first image
+
+    @classmethod
+    def open(cls, patterns: list[str], index: str = ":", comm: SerialComm | None = None, need_forces: bool = True,
+             tags_key: str = "") -> ImageSet:  # fmt: skip
+        """All files of ``patterns``; non-indexable ones are parsed by rank 0 of ``comm`` only
+        (validated with ``need_forces``, keeping ``atoms.info[tags_key]``)."""
+        srcs = [_Source(p, index, comm, need_forces, tags_key) for p in expand_paths(patterns)]
+        off = np.zeros(len(srcs) + 1, np.int64)
+        np.cumsum([s.n for s in srcs], out=off[1:])
+        return cls(srcs, off)
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets[-1])
+
+    def read(self, gidx: np.ndarray, need_forces: bool, elements: tuple[str, ...] | None = None) -> Structures:
+        """The images with global indices ``gidx`` (sorted), validated."""
+        gidx = np.asarray(gidx, np.int64)
+        parts = []
+        for f, s in enumerate(self.sources):
+            sel = gidx[(gidx >= self.offsets[f]) & (gidx < self.offsets[f + 1])] - self.offsets[f]
+            if len(sel):
+                parts.append(s.read(sel, need_forces)[0])
+        els = elements or tuple(sorted(set().union(*(p.elements for p in parts)))) if parts else (elements or ())
+        return concat_structures(parts, els)
+
+    def tags(self, key: str) -> list:
+        out: list = []
+        for s in self.sources:
+            out.extend(s.tags(key))
+        return out

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A problem with the configuration file; the message names file and key."""
 
 

@@ -1,13 +1,10 @@
-"""Amp's loss and its analytic gradient on one shard of images.
+"""Energies and forces of a batch of structures through the per-element networks.
 
-    L = ½ Σ_j [ (Ê_j/N_j − E_j/N_j)² + α/(3 N_j) Σ_i Σ_k (F̂_ik − F_ik)² ]
-
-A shard is any set of images; a serial run is one shard.  :meth:`ShardProblem.evaluate`
-returns *partial sums* that add up across shards (the MPI layer allreduces them):
-
-    buf = [loss, Σ_j r_E², n_images, Σ ΔF², n_force_components, grad...]
-
-with r_E = (Ê_j − E_j)/N_j in eV/atom and ΔF in eV/Å.
+:class:`Batch` holds the scaled fingerprints and derivatives of any set of structures (one
+for the ASE calculator, a chunk for ``hpcpot.evaluate``, a rank's shard for training) and
+predicts Ê per structure (eV) and F̂ per atom (eV/Å).  The force kernel also contracts
+weighted force residuals with the derivatives, which is what the training loss's gradient
+needs; the loss (:mod:`hpcpot.training.loss`) builds on this class rather than copying it.
 """
 
 from __future__ import annotations
@@ -15,10 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .fingerprints import DerivativeBlocks
-from .model import Layout, forward, input_gradient, parameter_gradient
-
-N_HEAD = 5  # loss, sum rE^2, n_images, sum dF^2, n_force_components
+from .fingerprints import DerivativeBlocks, compute_fingerprints
+from .network import Layout, forward, input_gradient
 
 
 @njit(cache=True)
@@ -92,11 +87,11 @@ def _force_kernel(
                 v[ri, sub_idx[c, k, l]] += values[b + 3 * l] * rx + values[b + 3 * l + 1] * ry + values[b + 3 * l + 2] * rz
 
 
-class ShardProblem:
-    """Everything one shard needs to evaluate the loss: scaled fingerprints grouped by
-    element, sparse scaled derivatives, reference energies (eV) and forces (eV/Å).
+class Batch:
+    """A set of structures ready for the networks: scaled fingerprints grouped by element,
+    sparse scaled derivatives, and (for training) reference energies (eV) and forces (eV/Å).
 
-    ``G`` (n_atoms, n_max) and ``blocks`` come from :func:`hpcpot.fingerprints.compute_fingerprints`
+    ``G`` (n_atoms, n_max) and ``blocks`` come from :func:`hpcpot.potential.fingerprints.compute_fingerprints`
     on ``st``; ``gmin``/``gmax`` (n_elements, n_max) are the global training ranges.  The
     derivative values are scaled in place (they are not needed unscaled again).
 
@@ -107,11 +102,10 @@ class ShardProblem:
     def __init__(
         self, st, G: np.ndarray, blocks: DerivativeBlocks | None, layout: Layout,
         gmin: np.ndarray, gmax: np.ndarray, sub_tables: tuple[np.ndarray, np.ndarray],
-        force_coefficient: float, recompute=None,
+        with_forces: bool = True, recompute=None,
     ):  # fmt: skip
         self.layout = layout
-        self.alpha = force_coefficient
-        self.with_forces = force_coefficient > 0 and (blocks is not None or recompute is not None)
+        self.with_forces = with_forces and (blocks is not None or recompute is not None)
         self.recompute = recompute
         self.st = st
         self.n_images = st.n_images
@@ -146,15 +140,10 @@ class ShardProblem:
             b = blocks
             if b is not None:
                 _scale_derivatives(b.centre, b.kind, b.ptr, b.values, st.species, self.sub_idx, self.sub_len, factor)
-            self.wF = force_coefficient / (3.0 * self.natoms)
             self.g = np.zeros((len(order), nmax))
             self.v = np.zeros((len(order), nmax))
             self.Fhat = np.zeros((len(order), 3))
         self.last_max = (0.0, 0.0)
-
-    @property
-    def buffer_size(self) -> int:
-        return N_HEAD + self.layout.n_params
 
     # Atoms go through the networks in blocks of this many rows, so that the temporaries of
     # the backward passes stay in cache: on the reference set (3000 images, 2 x 20 tanh),
@@ -189,72 +178,6 @@ class ShardProblem:
         for b0, b1, ps in blocks:
             self.g[r0 + b0 : r0 + b1, :nf] = slope * input_gradient(layers, ps)
 
-    def evaluate(self, params: np.ndarray, with_grad: bool = True, out: np.ndarray | None = None) -> np.ndarray:
-        """Partial sums of this shard (see module doc); ``out`` is filled and returned.
-
-        Also sets ``self.last_max = (max |r_E| eV/atom, max |ΔF| eV/Å)`` for this shard.
-        """
-        lay = self.layout
-        buf = np.zeros(self.buffer_size if with_grad else N_HEAD) if out is None else out
-        buf[:] = 0.0
-        ne = len(lay.elements)
-        do_forces = self.with_forces and self.n_images > 0
-        Ehat = np.zeros(self.n_images)
-        passes = []
-        for e in range(ne):
-            if len(self.X[e]) == 0:
-                passes.append(None)
-                continue
-            layers, slope, intercept, blocks, out_e = self._forward(params, e, do_forces)
-            Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
-            passes.append((layers, slope, blocks, out_e))
-        rE = (Ehat - self.energy) / self.natoms
-        loss = 0.5 * float(rE @ rE)
-        buf[1] = rE @ rE
-        buf[2] = self.n_images
-        maxE = float(np.abs(rE).max()) if self.n_images else 0.0
-        maxF = 0.0
-        if do_forces:
-            for e in range(ne):
-                if passes[e] is None:
-                    continue
-                layers, slope, blocks, _ = passes[e]
-                self._fill_input_gradients(e, layers, slope, blocks)
-            self.v[:] = 0.0
-            sq = np.empty(self.n_images)
-            mx = np.empty(self.n_images)
-            self._forces_and_v(self.forces, self.wF, sq, mx)
-            loss += 0.5 * float(self.wF @ sq)
-            buf[3] = sq.sum()
-            buf[4] = 3.0 * self.natoms.sum()
-            maxF = float(mx.max())
-        buf[0] = loss
-        self.last_max = (maxE, maxF)
-        if not with_grad:
-            return buf
-        grad = buf[N_HEAD:]
-        wE = rE / self.natoms  # dL/dÊ_j
-        for e in range(ne):
-            if passes[e] is None:
-                continue
-            layers, slope, blocks, out_e = passes[e]
-            wE_atom = wE[self.img[e]]
-            gl = lay.unpack(grad, e)
-            r0 = self.elem_ptr[e]
-            outdot_sum = 0.0
-            for b0, b1, ps in blocks:
-                v = self.v[r0 + b0 : r0 + b1, : lay.n_inputs[e]] if do_forces else None
-                grads, outdot = parameter_gradient(layers, ps, slope * wE_atom[b0:b1], v, -slope)
-                for (gW, gb), (dW, db) in zip(gl, grads, strict=True):
-                    gW += dW
-                    gb += db
-                if outdot is not None:
-                    outdot_sum += outdot.sum()
-            k = lay.scaling_offset + 2 * e
-            grad[k] += wE_atom @ out_e - outdot_sum
-            grad[k + 1] += wE_atom.sum()
-        return buf
-
     def _energies(self, params: np.ndarray, fill_g: bool = False) -> np.ndarray:
         """Ê per image (eV); with ``fill_g`` also the input gradients self.g, from the same
         forward passes."""
@@ -282,8 +205,6 @@ class ShardProblem:
                 wF, self.Fhat, self.v, sq, mx,
             )  # fmt: skip
             return
-        from .fingerprints import compute_fingerprints
-
         lo = 0
         step = max(1, int(200_000 // max(1.0, self.natoms.mean() ** 2)))  # ~200k pairs per chunk
         while lo < self.n_images:

@@ -16,16 +16,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DataError
+from ..files import atomic_write_bytes
+from ..parallel import CMD_LOSS, CMD_VALID, Evaluator, GlobalError, SerialComm, SignalFlag
+from ..potential.fingerprints import compute_fingerprints, neighbor_counts
+from ..potential.modelfile import Model
+from ..potential.network import Layout, initial_parameters
+from ..potential.structures import Structures, concat_structures, structure_arrays
+from ..potential.symmetry import SymmetryFunctions
 from . import checkpoint as ckpt
-from .config import Config
-from .data import DataError, Structures, concat_structures
-from .fingerprints import SymmetryFunctions, compute_fingerprints, neighbor_counts
-from .loss import ShardProblem
-from .model import Layout, initial_parameters
-from .modelfile import Model
-from .optimize import Interrupted, LogWriter, Stats, run_optimizer
-from .parallel import CMD_LOSS, CMD_VALID, Evaluator, GlobalError, SerialComm, SignalFlag
-from .shard import ImageSet, read_shard, split_global
+from .config import Config, FingerprintConfig
+from .data import ImageSet
+from .descriptors import symmetry_functions
+from .loss import N_HEAD, ShardProblem
+from .optimizers import Interrupted, LogWriter, NonFiniteLoss, Stats, run_optimizer
+from .shard import read_shard, split_global
 
 
 def make_printer(comm: SerialComm):
@@ -142,11 +147,8 @@ def _exercise_kernels() -> None:
     """Run every numba kernel once on a two-atom system, float64 and float32 derivatives."""
     from ase import Atoms
 
-    from .config import FingerprintConfig
-    from .fingerprints import structure_arrays
-
     atoms = Atoms("OPt", positions=[[0, 0, 0], [2.0, 0, 0]])
-    sf = SymmetryFunctions.from_config(FingerprintConfig(), ["O", "Pt"])
+    sf = symmetry_functions(FingerprintConfig(), ["O", "Pt"])
     st = structure_arrays(atoms, sf.elements)
     st.forces = np.zeros((2, 3))
     lay = Layout(sf.elements, tuple(int(n) for n in sf.n_functions), (2,), "tanh")
@@ -205,7 +207,7 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     st_v = concat_structures([st_v], els)
     log(f"data: {len(g_train)} training and {len(g_val)} validation images, elements {', '.join(els)} "
         f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
-    sf = SymmetryFunctions.from_config(fp, list(els))
+    sf = symmetry_functions(fp, list(els))
     itemsize = {"float32": 4, "float64": 8, "recompute": 0}[fp.storage]
     need = memory_forecast(st_t, sf, need_forces, itemsize) + memory_forecast(st_v, sf, need_forces, itemsize)
     need_max = float(comm.allreduce_max(np.array([need]))[0])
@@ -269,7 +271,7 @@ def print_header(comm: SerialComm, cfg: Config, log) -> None:
     import numba
     import scipy
 
-    from . import __version__
+    from .. import __version__
 
     try:
         import mpi4py
@@ -331,7 +333,7 @@ def train(comm: SerialComm, cfg: Config, restart: bool = False, overwrite: bool 
     print_header(comm, cfg, log)
     setup = build(comm, cfg, log)
     with_forces = setup.train.with_forces
-    ev = Evaluator(comm, setup.train, setup.valid)
+    ev = Evaluator(comm, setup.train, setup.valid, N_HEAD)
     if comm.rank != 0:
         ev.serve()
         return 0
@@ -422,6 +424,8 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         _write_status(out, "interrupted", str(exc))
         logw.close()
         return 0
+    except NonFiniteLoss as exc:
+        return _stop_nonfinite(exc, setup, out, save, log, logw)
     save("done", res.iterations, res.params)
     model = Model(setup.sf, setup.layout, res.params, setup.gmin, setup.gmax)
     path = os.path.join(out, "model.json")
@@ -442,6 +446,23 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     return 0
 
 
+def _stop_nonfinite(exc: NonFiniteLoss, setup: Setup, out: str, save, log, logw) -> int:
+    """Keep the last finite parameters (checkpoint, and model.json when at least one
+    iteration was accepted), never a NaN model; status.json says which iteration they are."""
+    log(f"error: {exc}")
+    finite = exc.iteration >= 1 and bool(np.all(np.isfinite(exc.params)))
+    note = "no iteration was accepted: no model written"
+    if finite:
+        path = save("optimize", exc.iteration, exc.params)
+        Model(setup.sf, setup.layout, exc.params, setup.gmin, setup.gmax).save(os.path.join(out, "model.json"), overwrite=True)
+        note = (f"model.json and {path} hold the parameters of iteration {exc.iteration}, the last with a finite loss")
+        log(note)
+    _write_status(out, "nonfinite_loss", f"{exc}; {note}",
+                  {"train": vars(exc.stats) if exc.stats else None, "model_iteration": exc.iteration if finite else None})  # fmt: skip
+    logw.close()
+    return 3
+
+
 def _truncate_log(path: str, last_iteration: int) -> None:
     """Drop log records after the checkpoint being resumed (they will be redone), so that a
     restarted run's log.jsonl has every iteration exactly once."""
@@ -450,7 +471,7 @@ def _truncate_log(path: str, last_iteration: int) -> None:
     with open(path) as fh:
         keep = [line for line in fh if line.strip() and json.loads(line).get("iteration", 0) <= last_iteration]
     blob = "".join(keep).encode()
-    ckpt.atomic_write_bytes(path, lambda fh: fh.write(blob))
+    atomic_write_bytes(path, lambda fh: fh.write(blob))
 
 
 def _json_safe(x):
@@ -464,4 +485,4 @@ def _json_safe(x):
 
 def _write_status(out: str, state: str, message: str, stats=None) -> None:
     blob = json.dumps(_json_safe({"state": state, "message": message, "stats": stats}), indent=1, allow_nan=False).encode()
-    ckpt.atomic_write_bytes(os.path.join(out, "status.json"), lambda fh: fh.write(blob))
+    atomic_write_bytes(os.path.join(out, "status.json"), lambda fh: fh.write(blob))

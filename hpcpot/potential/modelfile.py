@@ -2,7 +2,7 @@
 
 Contents: hpcpot version, units, elements, the full fingerprint definition (every function
 with its parameters), the fingerprint scaling ranges, the network layout, the activation
-and the flat parameter vector (layout in :mod:`hpcpot.model`).  JSON keeps it readable and
+and the flat parameter vector (layout in :mod:`hpcpot.potential.network`; every field in docs/model-format.md).  JSON keeps it readable and
 diffable; float64 values round-trip exactly through Python's repr.
 """
 
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__
-from .checkpoint import atomic_write_bytes, refuse_existing
-from .fingerprints import SymmetryFunctions
-from .model import Layout
+from .. import __version__
+from ..files import atomic_write_bytes, refuse_existing
+from .network import Layout
+from .symmetry import SymmetryFunctions
 
 FORMAT = "hpcpot-model-1"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import all_changes
 
-from .fingerprints import compute_fingerprints, structure_arrays
-from .loss import ShardProblem
+from .fingerprints import compute_fingerprints
 from .modelfile import Model
+from .predict import Batch
+from .structures import structure_arrays
 
 
 class Calculator(_AseCalculator):
@@ -27,7 +28,7 @@ class Calculator(_AseCalculator):
         # forces always come with the energy: MD asks for both at every step, and computing the
         # derivatives once beats a second fingerprint pass when forces are asked for next
         G, blocks = compute_fingerprints(st, m.sf, with_derivs=True)
-        prob = ShardProblem(st, G, blocks, m.layout, m.gmin, m.gmax, m.sf.block_tables(), 1.0)
+        prob = Batch(st, G, blocks, m.layout, m.gmin, m.gmax, m.sf.block_tables())
         energy, forces = prob.predict(m.params)
         self.results["energy"] = float(energy[0])
         self.results["free_energy"] = float(energy[0])

@@ -27,7 +27,8 @@ import zlib
 
 import numpy as np
 
-from .fingerprints import DerivativeBlocks, SymmetryFunctions, compute_fingerprints
+from ..potential.fingerprints import DerivativeBlocks, compute_fingerprints
+from ..potential.symmetry import SymmetryFunctions
 
 
 def definition_key(sf: SymmetryFunctions, with_derivs: bool, dtype) -> str:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.optimize
 
-from .config import Config
-from .loss import N_HEAD
+from ..config import Config
+from ..loss import N_HEAD
 
 
 @dataclass
@@ -60,6 +60,17 @@ class Interrupted(Exception):
     """A signal asked the run to stop (after a checkpoint)."""
 
 
+class NonFiniteLoss(Exception):
+    """The loss became NaN or inf; ``params``/``iteration``/``stats`` are the last accepted
+    (finite) point, so the run can keep them."""
+
+    def __init__(self, message: str, params: np.ndarray, iteration: int, stats: Stats | None):
+        super().__init__(message)
+        self.params = params
+        self.iteration = iteration
+        self.stats = stats
+
+
 @dataclass
 class Result:
     params: np.ndarray
@@ -73,13 +84,17 @@ class LogWriter:
     """The human log (stdout, line-flushed) and ``log.jsonl`` (one object per iteration)."""
 
     def __init__(self, path: str | None, print_fn: Callable[[str], None] = print):
+        self.path = path
         self.fh = open(path, "a", buffering=1) if path else None  # noqa: SIM115 - lives for the run
         self.print = print_fn
 
     def record(self, rec: dict) -> None:
         if self.fh:
-            self.fh.write(json.dumps(rec) + "\n")
-            self.fh.flush()
+            try:
+                self.fh.write(json.dumps(rec) + "\n")
+                self.fh.flush()
+            except OSError as exc:  # disk full, quota: say which file
+                raise OSError(exc.errno, f"writing {self.path} failed: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         if self.fh:
@@ -112,7 +127,11 @@ def run_optimizer(
         buf = evaluate(x, want_max)
         loss = float(buf[0])
         if not math.isfinite(loss):
-            raise FloatingPointError(f"the loss is {loss} at iteration {state['it']}: check the data and the learning setup")
+            raise NonFiniteLoss(
+                f"the loss became {loss} in iteration {state['it'] + 1} (the last finite one was iteration "
+                f"{state['it']}): check the data (units, outliers) and the learning setup",
+                state["x"], state["it"], state["stats"],
+            )
         last["x"] = x.copy()
         last["stats"] = Stats.from_buffer(buf, getattr(evaluate, "last_max", None) if want_max else None)
         return loss, buf[N_HEAD:].copy()

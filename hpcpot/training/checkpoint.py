@@ -12,11 +12,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..files import atomic_write_bytes
 
 FORMAT = "hpcpot-checkpoint-1"
 
@@ -35,35 +36,6 @@ class Checkpoint:
     elapsed: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able (RNG state, anneal scalars)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # anneal current/best states
-
-
-def refuse_existing(paths, overwrite: bool) -> None:
-    """FileExistsError naming the first of ``paths`` that exists, unless ``overwrite``:
-    output files of the user's are never replaced silently."""
-    for path in paths:
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path} exists; refusing to overwrite it (use --overwrite)")
-
-
-def atomic_write_bytes(path: str, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over it."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=d)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def save(folder: str, ck: Checkpoint, keep: int = 2) -> str:

@@ -1,0 +1,79 @@
+"""Which images each rank owns, and reading only those.
+
+The global image list spans all files, in order.  Train/validation split is decided on the
+global indices (identically on every rank).  Each rank then owns a contiguous range of the
+train (and validation) list, balanced by cost: the number of (centre, partner) derivative
+pairs, i.e. atoms × neighbours, which is what fingerprinting and every evaluation scale with.
+
+File access per rank: HDF5 files from ``python -m hpcpot.prepare`` and ASE ``.traj`` files
+are read by image index (a rank reads only its images).  Any other format (extxyz, ASE db, a
+.traj with an index) is parsed once, by rank 0, validated, and broadcast as compact arrays:
+one read of the file instead of one per rank, and no rank holds ASE Atoms objects of the whole
+set.  ``hpcpot.prepare`` still pays for big sets: it parses once for all runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..parallel import SerialComm
+from ..potential.structures import Structures, concat_structures
+from .data import ImageSet, split_indices
+
+
+def balanced_ranges(cost: np.ndarray, size: int) -> np.ndarray:
+    """Split a cost list into ``size`` contiguous ranges of near-equal total cost.
+
+    Returns bounds (size + 1,): rank r owns ``bounds[r]:bounds[r+1]``.  A rank may be empty
+    when there are fewer images than ranks.
+    """
+    c = np.concatenate([[0.0], np.cumsum(cost, dtype=float)])
+    targets = c[-1] * np.arange(1, size) / size
+    # nearest cumulative boundary to each target
+    k = np.searchsorted(c, targets)
+    k = np.clip(k, 1, len(c) - 1)
+    left_closer = (targets - c[k - 1]) < (c[k] - targets)
+    k = np.where(left_closer, k - 1, k)
+    bounds = np.concatenate([[0], np.maximum.accumulate(k), [len(cost)]])
+    return bounds.astype(np.int64)
+
+
+def pair_cost(st: Structures, cutoff: float) -> np.ndarray:
+    """Cost per image: (centre, partner) derivative pairs (atoms × in-cell neighbours)."""
+    from ..potential.fingerprints import neighbor_counts
+
+    return neighbor_counts(st, cutoff).astype(float)
+
+
+def read_shard(comm: SerialComm, images: ImageSet, gidx: np.ndarray, cutoff: float, need_forces: bool) -> Structures:
+    """Read and validate the images this rank owns out of ``gidx``, balanced by pair cost.
+
+    Each rank reads an equal-count slice and measures its cost, the costs are gathered (N
+    floats), every rank computes the same cost-balanced contiguous ranges, and then reads
+    only the images of its range that it does not hold yet (usually few).
+    """
+    if comm.size == 1 or len(gidx) == 0:
+        return images.read(gidx, need_forces)
+    eq = np.linspace(0, len(gidx), comm.size + 1).astype(np.int64)
+    first = gidx[eq[comm.rank] : eq[comm.rank + 1]]
+    pre = images.read(first, need_forces)
+    local = pair_cost(pre, cutoff) if len(first) else np.zeros(0)
+    cost = np.concatenate(comm.allgather(local))
+    b = balanced_ranges(cost, comm.size)
+    mine = gidx[b[comm.rank] : b[comm.rank + 1]]
+    have = np.isin(mine, first)
+    kept = pre.subset(np.searchsorted(first, mine[have]))
+    if have.all():
+        return kept
+    extra = images.read(mine[~have], need_forces)
+    both = concat_structures([kept, extra], tuple(sorted(set(kept.elements) | set(extra.elements))))
+    order = np.argsort(np.concatenate([mine[have], mine[~have]]), kind="stable")
+    return both.subset(order)
+
+
+def split_global(comm: SerialComm, images: ImageSet, fraction: float, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Global train/validation indices, identical on every rank (tags read by rank 0)."""
+    tags = None
+    if key:
+        tags = comm.bcast(images.tags(key) if comm.rank == 0 else None)
+    return split_indices(images.n, fraction, seed, tags, key)
