@@ -10,6 +10,7 @@ Failure policy: an exception on any rank prints one message from that rank and c
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -204,13 +205,18 @@ def run_guarded(comm: SerialComm, main: Callable[[], int]) -> int:
     except BaseException as exc:  # noqa: BLE001 - the whole point is to catch everything
         if isinstance(exc, SystemExit):
             raise
-        if isinstance(exc, InputError):
+        if isinstance(exc, InputError) or (isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS):
             msg = f"{_who(comm)}error: {exc}"
         else:
             msg = f"{_who(comm)}error: {type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc())
         print(msg, file=sys.stderr, flush=True)
         comm.abort(1)
         return 1
+
+
+# disk full, quota exceeded, file too large, read-only file system, I/O error: the message
+# (which names the file) says it all; a traceback would only bury it
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
 def _who(comm: SerialComm) -> str:

@@ -75,9 +75,9 @@ def anneal(
         ex = resume.extra
         x, best = resume.arrays["current"].copy(), resume.arrays["best"].copy()
         e, e_best = ex["loss"], ex["best_loss"]
-        ex = {"start_loss": ex.get("start_loss", math.nan)}
         tmax, tmin = ex["tmax"], ex["tmin"]
         rng.bit_generator.state = ex["rng"]
+        ex = {"start_loss": ex.get("start_loss", math.nan)}
         k0 = resume.iteration
     else:
         x = x0.copy()

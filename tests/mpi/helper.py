@@ -3,6 +3,8 @@
     helper.py eval CONFIG OUT.npy      reduced [loss, ..., grad] at x0 + fixed perturbation
     helper.py train CONFIG             python -m hpcpot.train CONFIG --overwrite
     helper.py fail CONFIG              like train, but rank 1 raises in its 3rd evaluation
+    helper.py inject SPEC CONFIG [ARGS] python -m hpcpot.train CONFIG ARGS with a fault injected
+                                       on every rank (see install_fault)
 """
 
 import sys
@@ -15,8 +17,72 @@ from hpcpot.training.loss import N_HEAD
 from hpcpot.training.trainer import build
 
 
+def install_fault(spec: str) -> None:
+    """``KIND@POINT[:N]``: at the N-th time (default 1) this rank passes POINT, do KIND.
+
+    KIND: ``sigterm`` (the rank signals itself, as a launcher forwarding SIGTERM would) or
+    ``nan`` (the shard's loss becomes NaN; POINT must be ``eval``).  POINT: ``read`` (reading
+    the shard), ``fingerprints``, ``anneal`` (an annealing loss evaluation), ``eval`` (a
+    loss evaluation), ``model`` (writing model.json)."""
+    import os
+    import signal
+
+    import hpcpot.training.anneal as an
+    import hpcpot.training.trainer as tr
+    from hpcpot.potential.modelfile import Model
+    from hpcpot.training.loss import ShardProblem
+
+    kind, _, where = spec.partition("@")
+    point, _, n = where.partition(":")
+    count = {"n": 0, "at": int(n or 1)}
+
+    def fire() -> bool:
+        count["n"] += 1
+        if count["n"] != count["at"]:
+            return False
+        if kind == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+    def wrap(fn):
+        def wrapped(*a, **k):
+            fire()
+            return fn(*a, **k)
+
+        return wrapped
+
+    if point == "read":
+        tr.read_shard = wrap(tr.read_shard)
+    elif point == "fingerprints":
+        tr.compute_fingerprints = wrap(tr.compute_fingerprints)
+    elif point == "model":
+        Model.save = wrap(Model.save)
+    elif point == "anneal":
+        orig_anneal = an.anneal
+        an.anneal = lambda loss, *a, **k: orig_anneal(wrap(loss), *a, **k)
+    elif point == "eval":
+        orig_eval = ShardProblem.evaluate
+
+        def evaluate(self, *a, **k):
+            out = orig_eval(self, *a, **k)
+            if self.n_images < 2:  # the kernels' warm-up on a one-image problem
+                return out
+            if fire() and kind == "nan":
+                out[0] = float("nan")
+            return out
+
+        ShardProblem.evaluate = evaluate
+    else:
+        raise ValueError(f"unknown fault point {point!r}")
+
+
 def main() -> int:
     mode, cfgpath = sys.argv[1], sys.argv[2]
+    if mode == "inject":
+        install_fault(sys.argv[2])
+        from hpcpot.train import main as train_main
+
+        return train_main(sys.argv[3:])
     comm = world()
     if mode == "eval":
 
