@@ -208,3 +208,63 @@ def test_sigterm_while_writing_the_model_finishes_the_run(tmp_path):
     assert _status(tmp_path)["state"] == "not_converged"
     assert np.all(np.isfinite(Model.load(str(tmp_path / "out" / "model.json")).params))
     assert ckpt.latest(str(tmp_path / "out" / "checkpoints")).stage == "done"
+
+
+def test_checkpoint_truncated_at_any_offset_is_never_trusted(tmp_path):
+    """Property over every byte offset: a truncated checkpoint never loads, and latest()
+    falls back to the older complete one."""
+    rng = np.random.default_rng(1)
+    old = ckpt.Checkpoint("optimize", 3, rng.normal(size=50), "c", "d", 1.0)
+    ckpt.save(str(tmp_path), old)
+    new = ckpt.Checkpoint("anneal", 4, rng.normal(size=50), "c", "d", 2.0, {"rng": {"x": 1}}, {"best": rng.normal(size=50)})
+    path = Path(ckpt.save(str(tmp_path), new))
+    blob = path.read_bytes()
+    for cut in range(len(blob)):
+        path.write_bytes(blob[:cut])
+        with pytest.raises(ckpt.CheckpointError):
+            ckpt.load(str(path))
+        assert ckpt.latest(str(tmp_path), log=lambda m: None).iteration == 3
+    path.write_bytes(blob)
+    assert ckpt.latest(str(tmp_path)).iteration == 4
+
+
+def test_checkpoint_of_another_version_is_refused(tmp_path):
+    cfg = _cfg(tmp_path, iters=3, every=1)
+    assert _run(1, ["-m", "hpcpot.train", str(cfg)])[0] == 0
+    folder = tmp_path / "out" / "checkpoints"
+    ck = ckpt.latest(str(folder))
+    ck.version, ck.stage = "0.0.1", "optimize"
+    ckpt.save(str(folder), ck)
+    rc, out, err = _run(1, ["-m", "hpcpot.train", str(cfg), "--restart"])
+    assert rc != 0 and "written by hpcpot 0.0.1" in err, err
+
+
+def test_fingerprint_cache_truncated_or_foreign_is_never_trusted(tmp_path, monkeypatch, ref_structures):
+    """A cache file cut at any offset of its last KiB (and at coarse offsets before) is
+    ignored with a warning; entries written by another hpcpot version are not reused."""
+    import hpcpot.training.cache as cache_mod
+    from hpcpot.potential.fingerprints import compute_fingerprints
+    from hpcpot.training.config import FingerprintConfig
+    from hpcpot.training.descriptors import symmetry_functions
+
+    st = ref_structures.slice(0, 4)
+    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    G_ref, _ = compute_fingerprints(st, sf, True)
+    monkeypatch.setattr(cache_mod, "__version__", "0.0.1")
+    cache_mod.FingerprintCache(str(tmp_path), sf, True, np.float64, log=lambda m: None).compute(st)
+    monkeypatch.undo()
+    c = cache_mod.FingerprintCache(str(tmp_path), sf, True, np.float64, log=lambda m: None)
+    G, _ = c.compute(st)
+    assert c.hits == 0 and c.misses == 4 and np.array_equal(G, G_ref)  # the foreign entry was not used
+    (path,) = [p for p in tmp_path.glob("fp-*.h5") if c.defkey in p.name]
+    blob = path.read_bytes()
+    cuts = sorted(set(range(max(0, len(blob) - 1024), len(blob))) | set(range(0, len(blob), 509)))
+    for cut in cuts:
+        path.write_bytes(blob[:cut])
+        msgs: list[str] = []
+        c = cache_mod.FingerprintCache(str(tmp_path), sf, True, np.float64, log=msgs.append)
+        found = c._index(set(cache_mod.image_keys(st)))
+        assert not found and any("damaged" in m for m in msgs), cut
+    path.write_bytes(blob)
+    c = cache_mod.FingerprintCache(str(tmp_path), sf, True, np.float64, log=lambda m: None)
+    assert len(c._index(set(cache_mod.image_keys(st)))) == 4

@@ -9,7 +9,7 @@ and entries are reused whatever the rank count that made them.
 
 Key of an image: SHA-1 of its atomic numbers (species within the definition's elements),
 positions, cell and pbc (exact bytes).  Key of a definition: SHA-1 of the full
-symmetry-function list, the cutoff and the derivative dtype.
+symmetry-function list, the cutoff, the derivative dtype and the hpcpot version.
 
 Per file: ``keys`` (n, 20 bytes), ``atom_ptr`` (n+1), ``G`` (atoms, n_max), ``pair_ptr``
 (n+1), ``centre``/``partner`` (image-local atom indices), ``kind``, ``len`` (values per
@@ -27,12 +27,15 @@ import zlib
 
 import numpy as np
 
+from .. import __version__
 from ..potential.fingerprints import DerivativeBlocks, compute_fingerprints
 from ..potential.symmetry import SymmetryFunctions
 
 
 def definition_key(sf: SymmetryFunctions, with_derivs: bool, dtype) -> str:
-    blob = json.dumps([sf.to_dict(), bool(with_derivs), np.dtype(dtype).str], sort_keys=True)
+    """Hash of what the entries depend on; the hpcpot version is part of it, so that entries
+    from another version (whose kernels may differ) are never reused."""
+    blob = json.dumps([sf.to_dict(), bool(with_derivs), np.dtype(dtype).str, __version__], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..files import atomic_write_bytes
 
 FORMAT = "hpcpot-checkpoint-1"
@@ -36,6 +37,7 @@ class Checkpoint:
     elapsed: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able (RNG state, anneal scalars)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # anneal current/best states
+    version: str = __version__  # hpcpot version that wrote it (a restart refuses another)
 
 
 def save(folder: str, ck: Checkpoint, keep: int = 2) -> str:
@@ -46,7 +48,7 @@ def save(folder: str, ck: Checkpoint, keep: int = 2) -> str:
     meta = {
         "format": FORMAT, "stage": ck.stage, "iteration": ck.iteration,
         "config_digest": ck.config_digest, "data_digest": ck.data_digest,
-        "elapsed": ck.elapsed, "extra": ck.extra, "n_params": len(ck.params),
+        "elapsed": ck.elapsed, "extra": ck.extra, "n_params": len(ck.params), "hpcpot_version": ck.version,
     }  # fmt: skip
     arrays = {f"a_{k}": v for k, v in ck.arrays.items()}
 
@@ -83,7 +85,7 @@ def load(path: str) -> Checkpoint:
         raise CheckpointError(f"{path}: not a valid hpcpot checkpoint")
     return Checkpoint(
         meta["stage"], int(meta["iteration"]), params, meta["config_digest"], meta["data_digest"],
-        float(meta.get("elapsed", 0.0)), meta.get("extra", {}), arrays,
+        float(meta.get("elapsed", 0.0)), meta.get("extra", {}), arrays, str(meta.get("hpcpot_version", "unknown")),
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import __version__
 from ..errors import DataError
 from ..files import atomic_write_bytes
 from ..parallel import CMD_LOSS, CMD_VALID, Evaluator, GlobalError, SerialComm, SignalFlag
@@ -271,8 +272,6 @@ def print_header(comm: SerialComm, cfg: Config, log) -> None:
     import numba
     import scipy
 
-    from .. import __version__
-
     try:
         import mpi4py
 
@@ -356,6 +355,9 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         ck = ckpt.latest(ck_dir, log)
         if ck is None:
             raise GlobalError(f"--restart: no valid checkpoint in {ck_dir}")
+        if ck.version != __version__:
+            raise GlobalError(f"--restart: the checkpoint in {ck_dir} was written by hpcpot {ck.version}, this is "
+                              f"{__version__}; refusing to resume (start over, or finish with that version)")  # fmt: skip
         if ck.config_digest != cdig:
             raise GlobalError(f"--restart: the checkpoint in {ck_dir} was made with a different config "
                               "([data], [fingerprints], [model] or [loss] changed); refusing to resume")  # fmt: skip
