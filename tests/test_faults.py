@@ -268,3 +268,75 @@ def test_fingerprint_cache_truncated_or_foreign_is_never_trusted(tmp_path, monke
     path.write_bytes(blob)
     c = cache_mod.FingerprintCache(str(tmp_path), sf, True, np.float64, log=lambda m: None)
     assert len(c._index(set(cache_mod.image_keys(st)))) == 4
+
+
+@pytest.fixture(scope="module")
+def bad_data_files(tmp_path_factory):
+    """1000 reference images, image 777 with a NaN force, in every supported format."""
+    import ase.io
+    from ase.db import connect
+
+    from hpcpot.training.data import read_structures
+    from hpcpot.training.hdf5 import write_hdf5
+
+    d = tmp_path_factory.mktemp("bad")
+    images = ase.io.read(str(need(REF)), ":1000")
+    f = images[777].calc.results["forces"].copy()
+    f[3, 1] = np.nan
+    images[777].calc.results["forces"] = f
+    for a in images:
+        a.constraints = []
+    files = {"traj": d / "bad.traj", "extxyz": d / "bad.extxyz", "db": d / "bad.db"}
+    ase.io.write(str(files["traj"]), images)
+    ase.io.write(str(files["extxyz"]), images)
+    with connect(str(files["db"])) as db:
+        for a in images:
+            db.write(a)
+    good, _ = read_structures([str(files["traj"])], need_forces=False)
+    good.forces = np.concatenate([a.calc.results["forces"] for a in images])
+    files["h5"] = d / "bad.h5"
+    write_hdf5(str(files["h5"]), good)
+    return files
+
+
+@pytest.mark.parametrize("fmt", ["traj", "extxyz", "db", "h5"])
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_one_bad_image_among_many_reported_once(tmp_path, bad_data_files, fmt, nranks):
+    if nranks > 1 and not MPIEXEC.exists():
+        pytest.skip("mpiexec not available")
+    cfg = _cfg(tmp_path, iters=1)
+    cfg.write_text(cfg.read_text().replace(f'train = ["{need(REF)}"]\nindex = ":24"', f'train = ["{bad_data_files[fmt]}"]'))
+    rc, out, err = _run(nranks, ["-m", "hpcpot.train", str(cfg)])
+    assert rc != 0
+    lines = [x for x in err.splitlines() if "error" in x]
+    assert len(lines) == 1, err[-3000:]
+    assert str(bad_data_files[fmt]) in lines[0] and "image 777" in lines[0] and "forces" in lines[0], lines
+
+
+@pytest.mark.parametrize("nranks", [1, 3])
+def test_duplicates_and_unit_outliers_are_reported(tmp_path, nranks):
+    """A repeated structure with another energy and three images in Hartree among 200."""
+    import ase.io
+
+    if nranks > 1 and not MPIEXEC.exists():
+        pytest.skip("mpiexec not available")
+    images = ase.io.read(str(need(REF)), ":200")
+    dup = images[10].copy()
+    dup.calc = type(images[10].calc)(dup, energy=images[10].calc.results["energy"] + 0.5,
+                                     forces=images[10].calc.results["forces"])  # fmt: skip
+    images.append(dup)
+    for a in images:  # EMT energies are near 0; DFT total energies are some eV/atom below
+        a.calc.results["energy"] -= 5.0 * len(a)
+    for j in (50, 120, 199):
+        images[j].calc.results["energy"] /= 27.211386
+    path = tmp_path / "data.extxyz"
+    ase.io.write(str(path), images)
+    cfg = _cfg(tmp_path, iters=1)
+    cfg.write_text(cfg.read_text().replace(f'train = ["{need(REF)}"]\nindex = ":24"', f'train = ["{path}"]'))
+    rc, out, err = _run(nranks, ["-m", "hpcpot.train", str(cfg)])
+    assert rc == 0, err[-3000:]
+    dups = [x for x in out.splitlines() if "different energy" in x]
+    assert len(dups) == 1 and dups[0].startswith("warning: 1 image(s)") and "image 200 = " in dups[0], out[-3000:]
+    outl = [x for x in out.splitlines() if "from the median" in x]
+    assert len(outl) == 1 and outl[0].startswith("warning: 3 image(s)"), out[-3000:]
+    assert all(f"image {j} (" in outl[0] for j in (50, 120, 199))

@@ -31,6 +31,7 @@ from .data import ImageSet
 from .descriptors import symmetry_functions
 from .loss import N_HEAD, ShardProblem
 from .optimizers import Interrupted, LogWriter, NonFiniteLoss, Stats, run_optimizer
+from .screening import screen
 from .shard import read_shard, split_global
 
 
@@ -206,6 +207,8 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
         els = tuple(sorted(set().union(*comm.allgather(set(st_t.elements) | set(st_v.elements)))))
     st_t = concat_structures([st_t], els)
     st_v = concat_structures([st_v], els)
+    slope, intercept = energy_scaling(comm, st_t, len(els))
+    screen(comm, [st_t, st_v], intercept, log)
     log(f"data: {len(g_train)} training and {len(g_val)} validation images, elements {', '.join(els)} "
         f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
     sf = symmetry_functions(fp, list(els))
@@ -256,7 +259,6 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     if missing:
         raise GlobalError(f"element(s) {', '.join(missing)} have no atoms in the training set")
     layout = Layout(els, tuple(int(n) for n in sf.n_functions), tuple(cfg.model.hidden), cfg.model.activation)
-    slope, intercept = energy_scaling(comm, st_t, ne)
     x0 = initial_parameters(layout, slope, intercept, cfg.model.seed)
     tables = sf.block_tables()
     rec = sf if (need_forces and not store) else None
