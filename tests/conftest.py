@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,28 @@ def run_mpi(n: int, args: list[str], timeout: float = 240, env: dict | None = No
         [str(MPIEXEC), "-n", str(n), sys.executable, *args],
         capture_output=True, text=True, timeout=timeout, env=e, cwd=str(ROOT),
     )  # fmt: skip
+
+
+def pids_with(text: str) -> dict[int, dict[str, str]]:
+    """Processes whose command line contains ``text``, with their environment."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if text in cmd and "python" in cmd and "mpiexec" not in cmd:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                out[int(pid)] = dict(e.decode(errors="replace").split("=", 1) for e in env if b"=" in e)
+        except OSError:
+            continue
+    return out
+
+
+def wait_until_gone(text: str, limit: float = 120) -> None:
+    """Block until no python process with ``text`` in its command line is left (ranks of a
+    killed job may outlive their launcher briefly); the limit is a hang detector."""
+    t = time.time()
+    while pids_with(text):
+        assert time.time() - t < limit, f"processes of {text} still alive after {limit} s"
+        time.sleep(0.05)

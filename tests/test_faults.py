@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, REF, ROOT, need
+from conftest import MPIEXEC, REF, ROOT, need, pids_with, wait_until_gone
 
 from hpcpot.potential.modelfile import Model
 from hpcpot.training import checkpoint as ckpt
@@ -94,22 +94,6 @@ def _restart_and_finish(d: Path, cfg: Path, extra_iters: int = 20) -> None:
     assert np.all(np.isfinite(Model.load(str(d / "out" / "model.json")).params))
 
 
-def _pids_with(text: str) -> dict[int, dict[str, str]]:
-    """Processes whose command line contains ``text``, with their environment."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if text in cmd and "python" in cmd and "mpiexec" not in cmd:
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                out[int(pid)] = dict(e.decode(errors="replace").split("=", 1) for e in env if b"=" in e)
-        except OSError:
-            continue
-    return out
-
-
 @pytest.mark.mpi
 def test_one_rank_killed_ends_every_rank_then_restart(tmp_path):
     """SIGKILL to rank 1's process alone, mid-training: every rank ends, the launcher exits
@@ -117,15 +101,12 @@ def test_one_rank_killed_ends_every_rank_then_restart(tmp_path):
     cfg = _cfg(tmp_path)
     p = _launch(2, ["-m", "hpcpot.train", str(cfg)])
     _wait_for_lines(p, tmp_path / "out" / "log.jsonl", 15)
-    ranks = {int(env.get("PMI_RANK", -1)): pid for pid, env in _pids_with(str(cfg)).items()}
+    ranks = {int(env.get("PMI_RANK", -1)): pid for pid, env in pids_with(str(cfg)).items()}
     assert set(ranks) == {0, 1}, ranks
     os.kill(ranks[1], signal.SIGKILL)
     p.communicate(timeout=300)  # a hang would hit this
     assert p.returncode != 0
-    t = time.time()
-    while _pids_with(str(cfg)) and time.time() - t < 60:  # rank 0 is gone with the launcher
-        time.sleep(0.1)
-    assert not _pids_with(str(cfg))
+    wait_until_gone(str(cfg))  # rank 0 is gone with the launcher
     _restart_and_finish(tmp_path, cfg)
 
 
