@@ -327,6 +327,20 @@ def neighbor_counts(st, cutoff: float) -> np.ndarray:
     return out
 
 
+def shortest_distances(st, cutoff: float) -> np.ndarray:
+    """(n_elements, n_elements): the shortest distance (Å) between atoms of each element pair
+    within ``cutoff`` over all images of ``st`` (inf for a pair never that close)."""
+    ne = len(st.elements)
+    out = np.full(ne * ne, np.inf)
+    for k in range(st.n_images):
+        s, e = st.atom_ptr[k], st.atom_ptr[k + 1]
+        i, j, D = neighbor_list(st.positions[s:e], st.cells[k], st.pbc[k], cutoff)
+        if len(i):
+            sp = st.species[s:e]
+            np.minimum.at(out, sp[i] * ne + sp[j], np.sqrt(np.einsum("ij,ij->i", D, D)))
+    return out.reshape(ne, ne)
+
+
 def compute_fingerprints(
     st,
     sf: SymmetryFunctions,

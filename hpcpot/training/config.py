@@ -47,7 +47,8 @@ class ElementFingerprintConfig:
 @dataclass
 class FingerprintConfig:
     cutoff: float = 6.5  # Å
-    preset: str = "default"  # "default" or "amp" (Amp 1.0.1's exact set)
+    preset: str = "default"  # "default", "amp" (Amp 1.0.1's exact set) or "auto" (from the data's distances)
+    n_radial: int = 8  # preset "auto": shifted radial G2 per neighbour element
     g2_etas: list[float] | None = None  # None: from the preset
     g2_offsets: list[float] = field(default_factory=lambda: [0.0])  # Rs, Å
     g4_etas: list[float] | None = None
@@ -144,7 +145,7 @@ class Config:
 
 
 _CHOICES = {
-    ("fingerprints", "preset"): ("default", "amp"),
+    ("fingerprints", "preset"): ("default", "amp", "auto"),
     ("fingerprints", "storage"): ("float64", "float32", "recompute"),
     ("model", "activation"): ("tanh", "sigmoid", "linear"),
     ("optimizer", "method"): ("lbfgsb", "bfgs"),
@@ -221,6 +222,13 @@ def _check_ranges(cfg: Config, src: str) -> None:
     fp = cfg.fingerprints
     if not (math.isfinite(fp.cutoff) and fp.cutoff > 0):
         bad("fingerprints.cutoff", "must be a finite number > 0 (Å)")
+    if fp.preset == "auto":
+        if fp.n_radial < 1:
+            bad("fingerprints.n_radial", "must be >= 1")
+        for key in ("g2_etas",):
+            if getattr(fp, key) is not None or fp.g2_offsets != [0.0]:
+                bad(f"fingerprints.{key if getattr(fp, key) is not None else 'g2_offsets'}",
+                    'the radial functions of preset = "auto" come from the data; set them only with another preset')  # fmt: skip
     for owner, sets in [("fingerprints", fp), *((f"fingerprints.elements.{el}", o) for el, o in fp.elements.items())]:
         for key in ("g2_etas", "g4_etas"):
             vals = getattr(sets, key)

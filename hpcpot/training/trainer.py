@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import DataError
 from ..files import atomic_write_bytes
 from ..parallel import CMD_LOSS, CMD_VALID, Evaluator, GlobalError, SerialComm, SignalFlag
-from ..potential.fingerprints import compute_fingerprints, neighbor_counts
+from ..potential.fingerprints import compute_fingerprints, neighbor_counts, shortest_distances
 from ..potential.modelfile import Model
 from ..potential.network import Layout, initial_parameters
 from ..potential.structures import Structures, concat_structures, structure_arrays
@@ -28,7 +28,7 @@ from ..potential.symmetry import SymmetryFunctions
 from . import checkpoint as ckpt
 from .config import Config, FingerprintConfig
 from .data import ImageSet
-from .descriptors import symmetry_functions
+from .descriptors import describe, generated_set, symmetry_functions
 from .loss import N_HEAD, ShardProblem
 from .optimizers import Interrupted, LogWriter, NonFiniteLoss, Stats, run_optimizer
 from .screening import screen
@@ -211,7 +211,16 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     screen(comm, [st_t, st_v], intercept, log)
     log(f"data: {len(g_train)} training and {len(g_val)} validation images, elements {', '.join(els)} "
         f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
-    sf = symmetry_functions(fp, list(els))
+    if fp.preset == "auto":
+        r_min = shortest_distances(st_t, fp.cutoff)
+        comm.allreduce_min(r_min)
+        sf = generated_set(fp, list(els), r_min)
+        log("fingerprints: preset \"auto\" from the training data's shortest distances (" + ", ".join(
+            f"{a}-{b} {r_min[i, j]:.2f} Å" for i, a in enumerate(els) for j, b in enumerate(els) if j >= i) + "):")
+        for line in describe(sf):
+            log(line)
+    else:
+        sf = symmetry_functions(fp, list(els))
     itemsize = {"float32": 4, "float64": 8, "recompute": 0}[fp.storage]
     need = memory_forecast(st_t, sf, need_forces, itemsize) + memory_forecast(st_v, sf, need_forces, itemsize)
     need_max = float(comm.allreduce_max(np.array([need]))[0])
