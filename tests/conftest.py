@@ -88,3 +88,15 @@ def wait_until_gone(text: str, limit: float = 120) -> None:
     while pids_with(text):
         assert time.time() - t < limit, f"processes of {text} still alive after {limit} s"
         time.sleep(0.05)
+
+
+def wait_for_lines(p, path: Path, n: int, what: str = "log lines") -> None:
+    """Block until ``path`` has ``n`` lines (the run's own progress), or fail if the run ends.
+
+    The bound is a hang detector only; nothing here assumes how fast the machine is."""
+    t = time.time()
+    while not (path.exists() and len(path.read_text().splitlines()) >= n):
+        if p.poll() is not None:
+            pytest.fail(f"the run ended before writing {n} {what}: {p.communicate()}")
+        assert time.time() - t < 600, f"no progress to {n} {what} in 600 s"
+        time.sleep(0.01)

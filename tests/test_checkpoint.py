@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, REF, ROOT, need, wait_until_gone
+from conftest import MPIEXEC, REF, ROOT, need, wait_for_lines, wait_until_gone
 
 from hpcpot.training import checkpoint as ckpt
 
@@ -109,7 +108,7 @@ def test_sigusr1_writes_checkpoint_and_exits_cleanly(tmp_path):
     cfg = _write_cfg(tmp_path, 100000, every=0)
     p = _start(2, cfg)
     log = tmp_path / "out" / "log.jsonl"
-    _wait_for_lines(p, log, 5)
+    wait_for_lines(p, log, 5)
     os.kill(p.pid, signal.SIGUSR1)  # mpiexec forwards it to every rank
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
@@ -118,18 +117,6 @@ def test_sigusr1_writes_checkpoint_and_exits_cleanly(tmp_path):
     assert status["state"] == "interrupted"
     ck = ckpt.latest(str(tmp_path / "out" / "checkpoints"))
     assert ck is not None and ck.stage == "optimize" and ck.iteration >= 5
-
-
-def _wait_for_lines(p, path: Path, n: int, what: str = "log lines") -> None:
-    """Block until ``path`` has ``n`` lines (the run's own progress), or fail if the run ends.
-
-    The bound is a hang detector only; nothing here assumes how fast the machine is."""
-    t = time.time()
-    while not (path.exists() and len(path.read_text().splitlines()) >= n):
-        if p.poll() is not None:
-            pytest.fail(f"the run ended before writing {n} {what}: {p.communicate()}")
-        assert time.time() - t < 600, f"no progress to {n} {what} in 600 s"
-        time.sleep(0.01)
 
 
 def _iterations(d) -> list[int]:
@@ -153,7 +140,7 @@ def test_sigkill_at_random_moments_then_restart(tmp_path):
         d.mkdir()
         cfg = _write_cfg(d, 10**6)
         p = _start(2, cfg)
-        _wait_for_lines(p, d / "out" / "log.jsonl", int(rng.integers(2, 40)))
+        wait_for_lines(p, d / "out" / "log.jsonl", int(rng.integers(2, 40)))
         os.killpg(p.pid, signal.SIGKILL)  # mpiexec, proxy and both ranks at once
         p.communicate()
         wait_until_gone(str(cfg))  # a rank outside the process group may write one more checkpoint

@@ -12,12 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, REF, ROOT, need, pids_with, wait_until_gone
+from conftest import MPIEXEC, REF, ROOT, need, pids_with, wait_for_lines, wait_until_gone
 
 from hpcpot.potential.modelfile import Model
 from hpcpot.training import checkpoint as ckpt
@@ -63,15 +62,6 @@ def _run(n: int, args: list[str], timeout: float = 600) -> tuple[int, str, str]:
     return p.returncode, out, err
 
 
-def _wait_for_lines(p: subprocess.Popen, path: Path, n: int) -> None:
-    t = time.time()
-    while not (path.exists() and len(path.read_text().splitlines()) >= n):
-        if p.poll() is not None:
-            pytest.fail(f"the run ended before {n} lines of {path}: {p.communicate()}")
-        assert time.time() - t < 600, "no progress in 600 s"
-        time.sleep(0.01)
-
-
 def _status(d: Path) -> dict:
     return json.loads((d / "out" / "status.json").read_text())
 
@@ -100,7 +90,7 @@ def test_one_rank_killed_ends_every_rank_then_restart(tmp_path):
     non-zero, the newest checkpoint loads and --restart finishes the training."""
     cfg = _cfg(tmp_path)
     p = _launch(2, ["-m", "hpcpot.train", str(cfg)])
-    _wait_for_lines(p, tmp_path / "out" / "log.jsonl", 15)
+    wait_for_lines(p, tmp_path / "out" / "log.jsonl", 15)
     ranks = {int(env.get("PMI_RANK", -1)): pid for pid, env in pids_with(str(cfg)).items()}
     assert set(ranks) == {0, 1}, ranks
     os.kill(ranks[1], signal.SIGKILL)
