@@ -31,6 +31,10 @@ class DataConfig:
     seed: int = 0
     split_key: str = ""  # atoms.info key whose value says "train"/"validation"
     index: str = ":"  # ASE index applied to each file
+    # filters, applied before the split (0 = off); dropped images are listed in OUTDIR/filtered.tsv
+    max_energy_above_min: float = 0.0  # eV/atom above the lowest energy per atom of the training files
+    max_force: float = 0.0  # eV/Å: largest atomic force |F_i| of an image
+    reference_energies: dict[str, float] = field(default_factory=dict)  # eV per atom of each element
 
 
 @dataclass
@@ -175,6 +179,10 @@ def _check_value(value: Any, annotation: str, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
+    if ann == "dict[str,float]":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table such as {{ O = -432.1, Ti = -1603.4 }}, got {value!r}")
+        return {str(k): _check_value(v, "float", f"{where}.{k}") for k, v in value.items()}
     if ann.startswith("list["):
         inner = ann[5:-1]
         if isinstance(value, str) and inner == "str":
@@ -219,6 +227,16 @@ def _check_ranges(cfg: Config, src: str) -> None:
 
     if not 0.0 <= cfg.data.validation_fraction < 1.0:
         bad("data.validation_fraction", "must be in [0, 1)")
+    for key in ("max_energy_above_min", "max_force"):
+        if not (math.isfinite(getattr(cfg.data, key)) and getattr(cfg.data, key) >= 0):
+            bad(f"data.{key}", "must be a finite number >= 0 (0 = off)")
+    from ase.data import chemical_symbols
+
+    for el, e in cfg.data.reference_energies.items():
+        if el not in chemical_symbols[1:]:
+            bad(f"data.reference_energies.{el}", "not a chemical symbol")
+        if not math.isfinite(e):
+            bad(f"data.reference_energies.{el}", "must be a finite number (eV per atom)")
     fp = cfg.fingerprints
     if not (math.isfinite(fp.cutoff) and fp.cutoff > 0):
         bad("fingerprints.cutoff", "must be a finite number > 0 (Å)")

@@ -71,9 +71,15 @@ def read_shard(comm: SerialComm, images: ImageSet, gidx: np.ndarray, cutoff: flo
     return both.subset(order)
 
 
-def split_global(comm: SerialComm, images: ImageSet, fraction: float, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Global train/validation indices, identical on every rank (tags read by rank 0)."""
+def split_global(comm: SerialComm, images: ImageSet, fraction: float, seed: int, key: str,
+                 pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Global train/validation indices, identical on every rank (tags read by rank 0).
+
+    ``pool``: the global indices to split (those the data filters kept; default all)."""
+    pool = np.arange(images.n) if pool is None else np.asarray(pool, np.int64)
     tags = None
     if key:
         tags = comm.bcast(images.tags(key) if comm.rank == 0 else None)
-    return split_indices(images.n, fraction, seed, tags, key)
+        tags = [tags[k] for k in pool]
+    train, val = split_indices(len(pool), fraction, seed, tags, key)
+    return pool[train], pool[val]

@@ -29,6 +29,9 @@ from . import checkpoint as ckpt
 from .config import Config, FingerprintConfig
 from .data import ImageSet
 from .descriptors import describe, generated_set, symmetry_functions
+from .filters import FilterResult, GlobalDataError, apply_filters
+from .filters import report as filter_report
+from .filters import write_list as write_filtered
 from .loss import N_HEAD, ShardProblem
 from .optimizers import Interrupted, LogWriter, NonFiniteLoss, Stats, run_optimizer
 from .screening import screen
@@ -176,6 +179,30 @@ def warm_up_kernels(comm: SerialComm, log) -> None:
     log(f"kernels ready in {time.perf_counter() - t0:.1f} s (numba compile or cache load)")
 
 
+def _filtered(comm: SerialComm, cfg: Config, images: ImageSet, vimages: ImageSet | None, need_forces: bool, log):
+    """Global indices of the training (and separate validation) images the data filters keep;
+    the dropped ones are listed in OUTDIR/filtered.tsv."""
+    d = cfg.data
+    if not (d.max_energy_above_min > 0 or d.max_force > 0):
+        return np.arange(images.n), (np.arange(vimages.n) if vimages is not None else None)
+    t0 = time.perf_counter()
+    args = (d.max_energy_above_min, d.max_force, d.reference_energies, need_forces)
+    try:
+        res = apply_filters(comm, images, *args)
+        vres = apply_filters(comm, vimages, *args, lowest=res.lowest) if vimages is not None else None
+    except GlobalDataError as exc:
+        raise GlobalError(str(exc)) from None
+    for r, n, what in ((res, images.n, "training-file"), (vres, vimages.n if vimages else 0, "validation-file")):
+        if r is not None:
+            for line in filter_report(r, n, what, d.max_energy_above_min, d.max_force):
+                log(line)
+    if comm.rank == 0:
+        path = os.path.join(cfg.output.dir, "filtered.tsv")
+        write_filtered(path, res if vres is None else FilterResult(res.kept, res.dropped + vres.dropped, res.lowest))
+        log(f"filters: the dropped images are listed in {path} ({time.perf_counter() - t0:.1f} s)")
+    return res.kept, (vres.kept if vres is not None else None)
+
+
 def build(comm: SerialComm, cfg: Config, log) -> Setup:
     """Read this rank's shard, fingerprint it, and set up global scaling and parameters."""
     warm_up_kernels(comm, log)
@@ -193,10 +220,11 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     if "ase" in kinds and comm.size > 1:
         log("note: rank 0 parsed the non-indexable input files and broadcast them; "
             "`python -m hpcpot.prepare` converts them once for all runs (each rank then reads its own images)")  # fmt: skip
+    pool, vpool = _filtered(comm, cfg, images, vimages if cfg.data.validation else None, need_forces, log)
     if cfg.data.validation:
-        g_train, g_val = np.arange(images.n), np.arange(vimages.n)
+        g_train, g_val = pool, vpool
     else:
-        g_train, g_val = split_global(comm, images, cfg.data.validation_fraction, cfg.data.seed, cfg.data.split_key)
+        g_train, g_val = split_global(comm, images, cfg.data.validation_fraction, cfg.data.seed, cfg.data.split_key, pool)
     if len(g_train) == 0:
         raise GlobalError("no training images after the train/validation split")
     st_t = read_shard(comm, images, g_train, fp.cutoff, need_forces)
