@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import re
 import shutil
 from pathlib import Path
@@ -336,3 +338,23 @@ def test_split_indices_mo_file():
     assert all(tags[k] == "training" for k in tr) and all(tags[k] == "test" for k in va)
     assert len(np.intersect1d(tr, va)) == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([tr, va])), np.arange(217))
+
+
+@pytest.mark.parametrize("ext,opener", [("gz", gzip.open), ("bz2", bz2.open), ("xz", lzma.open)])
+def test_compressed_extxyz_with_index_and_a_corrupt_one(tmp_path, ext, opener):
+    """Compressed extxyz is parsed from memory (ASE's own path re-decompresses per frame):
+    same images, the index applies, and a corrupt file is an error naming it."""
+    ims = [image(energy=-2.0 - k, symbols="PtOO", shift=0.05 * k) for k in range(6)]
+    plain = write(tmp_path / "set.extxyz", ims)
+    packed = tmp_path / f"set.extxyz.{ext}"
+    with open(plain, "rb") as src, opener(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    st, _ = read_structures([str(packed)], need_forces=True, index="1::2")
+    ref, _ = read_structures([plain], need_forces=True, index="1::2")
+    assert st.n_images == 3
+    np.testing.assert_array_equal(st.energy, ref.energy)
+    np.testing.assert_array_equal(st.positions, ref.positions)
+    bad = tmp_path / f"bad.extxyz.{ext}"
+    bad.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
+    with pytest.raises(DataError, match=str(bad)):
+        read_structures([str(bad)], need_forces=True)
