@@ -92,7 +92,7 @@ def single_process(data: str, images: int, repeats: int, log) -> dict:
     res["read_validate_s"] = time.perf_counter() - t
     res["atoms"] = int(len(st.species))
     res["force_values"] = int(3 * len(st.species))
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     res["fingerprint_s"], _ = _median_time(lambda: compute_fingerprints(st, sf, False), 1)
     t = time.perf_counter()
     G, b = compute_fingerprints(st, sf, True)

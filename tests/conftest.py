@@ -40,7 +40,7 @@ def small_problem(st, alpha=0.04, hidden=(7, 5), activation="tanh", dtype=np.flo
     from hpcpot.training.descriptors import symmetry_functions
     from hpcpot.training.loss import ShardProblem
 
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     G, b = compute_fingerprints(st, sf, with_derivs=alpha > 0, dtype=dtype)
     ne = len(st.elements)
     gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])

@@ -22,7 +22,7 @@ def _same(a, b):
 
 def test_cache_gives_identical_fingerprints_and_skips_work(ref_structures, tmp_path):
     st = ref_structures.subset(np.arange(12))
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     ref = compute_fingerprints(st, sf, True)
     c1 = FingerprintCache(str(tmp_path), sf, True, np.float64)
     _same(c1.compute(st.subset(np.arange(5))), compute_fingerprints(st.subset(np.arange(5)), sf, True))
@@ -34,7 +34,7 @@ def test_cache_gives_identical_fingerprints_and_skips_work(ref_structures, tmp_p
     _same(c3.compute(st.subset(np.arange(12)[::-1])), compute_fingerprints(st.subset(np.arange(12)[::-1]), sf, True))
     assert (c3.hits, c3.misses) == (12, 0)
     # another definition does not reuse these entries
-    sf2 = symmetry_functions(FingerprintConfig(cutoff=6.0), list(st.elements))
+    sf2 = symmetry_functions(FingerprintConfig(cutoff=6.0, preset="default"), list(st.elements))
     c4 = FingerprintCache(str(tmp_path), sf2, True, np.float64)
     c4.compute(st.subset(np.arange(3)))
     assert c4.hits == 0
@@ -43,7 +43,7 @@ def test_cache_gives_identical_fingerprints_and_skips_work(ref_structures, tmp_p
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_cache_file_is_ignored(ref_structures, tmp_path, damage):
     st = ref_structures.subset(np.arange(4))
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     FingerprintCache(str(tmp_path), sf, True, np.float64).compute(st)
     (f,) = list(tmp_path.glob("fp-*.h5"))
     import h5py

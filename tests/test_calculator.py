@@ -15,7 +15,7 @@ def model(ref_structures):
     from hpcpot.training.descriptors import symmetry_functions
 
     prob, p, lay = small_problem(ref_structures.subset(np.arange(8)))
-    sf = symmetry_functions(FingerprintConfig(), list(lay.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(lay.elements))
     gmin = np.zeros((2, 20))
     gmax = np.ones((2, 20)) * 5
     return Model(sf, lay, p, gmin, gmax)

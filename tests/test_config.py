@@ -41,7 +41,7 @@ def test_defaults():
     assert cfg.data.validation_fraction == 0.1 and cfg.data.seed == 0
     assert cfg.data.split_key == "" and cfg.data.index == ":"
     fp = cfg.fingerprints
-    assert fp.cutoff == 6.5 and fp.preset == "default"
+    assert fp.cutoff == 6.5 and fp.preset == "auto"
     assert fp.g2_etas is None and fp.g2_offsets == [0.0] and fp.elements == {}
     assert fp.storage == "float64" and fp.cache == ""
     assert cfg.model.hidden == [20, 20] and cfg.model.activation == "tanh" and cfg.model.elements == []
@@ -52,8 +52,8 @@ def test_defaults():
     assert cfg.anneal.enabled is False
     assert cfg.checkpoint.every == 50 and cfg.checkpoint.keep == 2
     assert cfg.output.dir == "run" and cfg.output.overwrite is False
-    # the default fingerprint set: 20 functions per element for two elements
-    sf = symmetry_functions(cfg.fingerprints, ["Pt", "O"])
+    # preset "default": 20 functions per element for two elements
+    sf = symmetry_functions(FingerprintConfig(preset="default"), ["Pt", "O"])
     assert list(sf.n_functions) == [20, 20]
     # sections given but empty are the defaults too
     empty = parse_config({s: {} for s in cfg.to_dict()}, SRC)
@@ -241,7 +241,7 @@ def test_per_element_fingerprint_override(tmp_path):
     assert cfg.fingerprints.elements["O"].g2_etas == [0.5, 2.0, 9.0]
     assert cfg.fingerprints.elements["O"].g4_zetas is None
     sf = symmetry_functions(cfg.fingerprints, ["Pt", "O"])
-    ref = symmetry_functions(FingerprintConfig(cutoff=6.0), ["Pt", "O"])
+    ref = symmetry_functions(FingerprintConfig(cutoff=6.0, preset="default"), ["Pt", "O"])
     d, r = sf.to_dict()["functions"], ref.to_dict()["functions"]
     # Pt unchanged
     assert d["Pt"] == r["Pt"]
@@ -305,3 +305,13 @@ def test_override_for_an_element_not_in_the_model_is_an_error():
     cfg = parse_config({"fingerprints": {"elements": {"Oxygen": {"g2_etas": [1.0]}}}}, "run.toml")
     with pytest.raises(ConfigError, match="Oxygen"):
         symmetry_functions(cfg.fingerprints, ["O", "Pt"])
+
+
+def test_hand_written_radial_lists_without_preset_complete_the_default_set():
+    """Before "auto" was the default, g2 lists completed the "default" set; they still do,
+    and an explicit preset = "auto" with them stays an error."""
+    assert parse_config({"fingerprints": {"g2_etas": [1.0]}}).fingerprints.preset == "default"
+    assert parse_config({"fingerprints": {"elements": {"O": {"g2_offsets": [1.0]}}}}).fingerprints.preset == "default"
+    assert parse_config({"fingerprints": {"g4_zetas": [1.0]}}).fingerprints.preset == "auto"
+    with pytest.raises(ConfigError, match="g2_etas"):
+        parse_config({"fingerprints": {"preset": "auto", "g2_etas": [1.0]}})

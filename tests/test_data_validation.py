@@ -165,7 +165,7 @@ def test_atoms_too_close(tmp_path):
     bad.positions[2] = bad.positions[1] + [0.2, 0.05, 0.0]  # 0.206 Å from atom 1
     p = write(tmp_path / "close.extxyz", [*ok, bad, image()])
     st, _ = read_structures([p], need_forces=True)  # reading alone does not check distances
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     for chunk in (300_000, 1):  # whole file in one chunk, and one image per chunk
         with pytest.raises(DataError) as exc:
             compute_fingerprints(st, sf, chunk_pairs=chunk)
@@ -183,7 +183,7 @@ def test_atom_too_close_to_its_own_periodic_image(tmp_path):
     a.calc = SinglePointCalculator(a, energy=1.0, forces=np.zeros((1, 3)))
     p = write(tmp_path / "thin.extxyz", [image(), a])
     st, _ = read_structures([p], need_forces=True)
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     with pytest.raises(DataError) as exc:
         compute_fingerprints(st, sf, with_derivs=False)
     assert_names(exc, p, 1, "0.250")

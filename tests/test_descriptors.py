@@ -59,9 +59,15 @@ def test_generated_shifted_g2_match_reference():
                                                          "g4_etas": [], "g4_zetas": [], "g4_gammas": []}})  # fmt: skip
         assert np.allclose(G[:, k], ref[:, 0], rtol=1e-10, atol=1e-12)
     etas = sorted({f["eta"] for f in g4})
+    zetas = sorted({f["zeta"] for f in g4})
+    assert zetas == [1.0, 2.0, 4.0, 16.0]  # one element: the four zetas
     ref = reference_fingerprints(atoms, 5.2, {"Mo": {"g2_etas": [], "g2_offsets": [0.0], "g4_etas": etas,
-                                                     "g4_zetas": [1.0, 4.0], "g4_gammas": [1.0, -1.0]}})  # fmt: skip
+                                                     "g4_zetas": zetas, "g4_gammas": [1.0, -1.0]}})  # fmt: skip
     assert np.allclose(G[:, len(g2):], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_is_the_default():
+    assert parse_config({"data": {"train": ["x"]}}).fingerprints.preset == "auto"
 
 
 def test_auto_with_explicit_radial_lists_is_a_config_error():

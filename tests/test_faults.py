@@ -219,7 +219,7 @@ def test_fingerprint_cache_truncated_or_foreign_is_never_trusted(tmp_path, monke
     from hpcpot.training.descriptors import symmetry_functions
 
     st = ref_structures.slice(0, 4)
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     G_ref, _ = compute_fingerprints(st, sf, True)
     monkeypatch.setattr(cache_mod, "__version__", "0.0.1")
     cache_mod.FingerprintCache(str(tmp_path), sf, True, np.float64, log=lambda m: None).compute(st)

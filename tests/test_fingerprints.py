@@ -200,7 +200,7 @@ def _sf_and_lists(atoms: Atoms, which: str):
     els = sorted(set(atoms.get_chemical_symbols()))
     if which == "default":
         per = {e: DEFAULT_SET for e in els}
-        return symmetry_functions(FingerprintConfig(), els), 6.5, per
+        return symmetry_functions(FingerprintConfig(preset="default"), els), 6.5, per
     per = {e: CUSTOM[e] for e in els}
     return SymmetryFunctions.from_lists(els, CUSTOM_CUTOFF, per), CUSTOM_CUTOFF, per
 
@@ -271,7 +271,7 @@ def test_custom_set_padding_is_zero():
 
 
 def test_isolated_atom_and_cutoff_edge():
-    sf = symmetry_functions(FingerprintConfig(cutoff=3.0), ["O", "Pt"])
+    sf = symmetry_functions(FingerprintConfig(cutoff=3.0, preset="default"), ["O", "Pt"])
     # neighbours just beyond the cutoff contribute nothing
     a = Atoms("PtO", positions=[[0, 0, 0], [3.0001, 0, 0]])
     assert np.all(fingerprints(a, sf) == 0.0)
@@ -393,7 +393,7 @@ def test_non_periodic_cell_vector_is_irrelevant():
 
 def test_like_atoms_in_equivalent_sites_have_equal_fingerprints():
     # a symmetric molecule: the two H of water are equivalent, the O differs
-    G = fingerprints(molecule("H2O"), symmetry_functions(FingerprintConfig(), ["H", "O"]))
+    G = fingerprints(molecule("H2O"), symmetry_functions(FingerprintConfig(preset="default"), ["H", "O"]))
     np.testing.assert_allclose(G[1], G[2], rtol=1e-12)
     assert not np.allclose(G[0], G[1])
 
@@ -402,7 +402,7 @@ def test_like_atoms_in_equivalent_sites_have_equal_fingerprints():
 
 
 def test_default_set_order():
-    sf = symmetry_functions(FingerprintConfig(), ["Pt", "O"])
+    sf = symmetry_functions(FingerprintConfig(preset="default"), ["Pt", "O"])
     assert sf.elements == ("O", "Pt")
     assert sf.cutoff == 6.5
     assert list(sf.n_functions) == [20, 20]
@@ -435,7 +435,7 @@ def test_amp_preset_etas():
     np.testing.assert_allclose(got[1], 0.23207944168063893, rtol=1e-12)
     assert list(sf.n_functions) == [20, 20]
     # G4 part is the same as the default set's
-    d = symmetry_functions(FingerprintConfig(), ["O", "Pt"]).to_dict()["functions"]["Pt"]
+    d = symmetry_functions(FingerprintConfig(preset="default"), ["O", "Pt"]).to_dict()["functions"]["Pt"]
     assert etas[8:] == d[8:]
     assert etas[:8] != d[:8]
 
@@ -454,7 +454,7 @@ def test_dict_roundtrip():
 
 
 def test_unknown_element_in_structure_is_error():
-    sf = symmetry_functions(FingerprintConfig(), ["O", "Pt"])
+    sf = symmetry_functions(FingerprintConfig(preset="default"), ["O", "Pt"])
     with pytest.raises(ValueError, match="H"):
         fingerprints(molecule("H2O"), sf)
 
@@ -522,7 +522,7 @@ def test_sparse_blocks_hold_partner_element_functions(name):
 
 
 def test_block_tables_three_elements():
-    sf = symmetry_functions(FingerprintConfig(), ["Pt", "H", "O"])
+    sf = symmetry_functions(FingerprintConfig(preset="default"), ["Pt", "H", "O"])
     sub_idx, sub_len = sf.block_tables()
     # 3 elements: 12 G2 + 6 pairs x 4 G4 = 36; a partner element appears in 4 G2 and 3 pairs (12 G4)
     assert list(sf.n_functions) == [36, 36, 36]
@@ -546,7 +546,7 @@ def test_multi_image_chunks_and_float32():
     from hpcpot.training.data import read_structures
 
     st, _ = read_structures([str(REF_TRAJ)], need_forces=False, index=":5")
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     G, b = compute_fingerprints(st, sf)
     # chunking (one image per chunk) gives identical results
     G1, b1 = compute_fingerprints(st, sf, chunk_pairs=1)

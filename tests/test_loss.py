@@ -76,7 +76,7 @@ def test_recompute_mode_gives_the_stored_answer(ref_structures):
 
     st = ref_structures.subset(np.arange(9))
     prob, p, lay = small_problem(st)
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     G, _ = compute_fingerprints(st, sf, with_derivs=False)
     ne = len(st.elements)
     gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])

@@ -51,7 +51,9 @@ class ElementFingerprintConfig:
 @dataclass
 class FingerprintConfig:
     cutoff: float = 6.5  # Å
-    preset: str = "default"  # "default", "amp" (Amp 1.0.1's exact set) or "auto" (from the data's distances)
+    # "auto" (from the data's distances), "default" (a fixed small set) or "amp" (Amp 1.0.1's);
+    # unset with g2_etas or g2_offsets written: "default", completed by those lists
+    preset: str = "auto"
     n_radial: int = 8  # preset "auto": shifted radial G2 per neighbour element
     g2_etas: list[float] | None = None  # None: from the preset
     g2_offsets: list[float] = field(default_factory=lambda: [0.0])  # Rs, Å
@@ -80,7 +82,7 @@ class LossConfig:
 class OptimizerConfig:
     method: str = "lbfgsb"  # "lbfgsb" or "bfgs"
     max_iterations: int = 1000
-    history: int = 10  # L-BFGS-B memory (scipy's maxcor)
+    history: int = 50  # L-BFGS-B memory (scipy's maxcor); 50 beat 10 on Mo DFT data (README)
 
 
 @dataclass
@@ -283,6 +285,10 @@ def parse_config(table: dict[str, Any], source: str = "<config>") -> Config:
             raise ConfigError(f"{source}: unknown section [{name}] (allowed: {', '.join(sections)})")
         kwargs[name] = _fill(sections[name].default_factory, value, f"{source}: [{name}]", name)
     cfg = Config(**kwargs, path=source)
+    fp_table = table.get("fingerprints", {})
+    explicit_radial = {"g2_etas", "g2_offsets"} & (set(fp_table) | {k for o in fp_table.get("elements", {}).values() for k in o})
+    if "preset" not in fp_table and explicit_radial:
+        cfg.fingerprints.preset = "default"  # hand-written radial lists complete the fixed set, as before "auto"
     _check_ranges(cfg, source)
     return cfg
 

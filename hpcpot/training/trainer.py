@@ -153,7 +153,7 @@ def _exercise_kernels() -> None:
     from ase import Atoms
 
     atoms = Atoms("OPt", positions=[[0, 0, 0], [2.0, 0, 0]])
-    sf = symmetry_functions(FingerprintConfig(), ["O", "Pt"])
+    sf = symmetry_functions(FingerprintConfig(preset="default"), ["O", "Pt"])
     st = structure_arrays(atoms, sf.elements)
     st.forces = np.zeros((2, 3))
     lay = Layout(sf.elements, tuple(int(n) for n in sf.n_functions), (2,), "tanh")
