@@ -80,7 +80,7 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    method: str = "lbfgsb"  # "lbfgsb" or "bfgs"
+    method: str = "lbfgsb"  # "lbfgsb", "bfgs" or "cg" (nonlinear conjugate gradient)
     max_iterations: int = 1000
     history: int = 50  # L-BFGS-B memory (scipy's maxcor); 50 beat 10 on Mo DFT data (README)
 
@@ -154,7 +154,7 @@ _CHOICES = {
     ("fingerprints", "preset"): ("default", "amp", "auto"),
     ("fingerprints", "storage"): ("float64", "float32", "recompute"),
     ("model", "activation"): ("tanh", "sigmoid", "linear"),
-    ("optimizer", "method"): ("lbfgsb", "bfgs"),
+    ("optimizer", "method"): ("lbfgsb", "bfgs", "cg"),
     ("convergence", "on"): ("train", "validation"),
 }
 

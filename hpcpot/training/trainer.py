@@ -33,7 +33,7 @@ from .filters import FilterResult, GlobalDataError, apply_filters
 from .filters import report as filter_report
 from .filters import write_list as write_filtered
 from .loss import N_HEAD, ShardProblem
-from .optimizers import Interrupted, LogWriter, NonFiniteLoss, Stats, run_optimizer
+from .optimizers import Best, Interrupted, LogWriter, NonFiniteLoss, Stats, run_optimizer
 from .screening import screen
 from .shard import read_shard, split_global
 
@@ -332,7 +332,7 @@ def prepare_output(cfg: Config, restart: bool, overwrite: bool) -> None:
     """Refuse to clobber a previous run; with overwrite, move it aside (nothing is deleted)."""
     d = cfg.output.dir
     model = os.path.join(d, "model.json")
-    previous = [f for f in ("model.json", "log.jsonl") if os.path.exists(os.path.join(d, f))] + (
+    previous = [f for f in ("model.json", "model_best.json", "log.jsonl") if os.path.exists(os.path.join(d, f))] + (
         ["checkpoints/"] if os.path.isdir(os.path.join(d, "checkpoints")) else []
     )
     if restart:
@@ -390,6 +390,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     x = setup.x0
     it0, elapsed0, stage = 0, 0.0, "anneal" if cfg.anneal.enabled else "optimize"
     anneal_state = None
+    best = Best()
     if restart:
         ck = ckpt.latest(ck_dir, log)
         if ck is None:
@@ -406,6 +407,8 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             raise GlobalError(f"--restart: checkpoint has {len(ck.params)} parameters, the model {setup.layout.n_params}")
         x, it0, elapsed0, stage = ck.params, ck.iteration, ck.elapsed, ck.stage
         anneal_state = ck if stage == "anneal" and "current" in ck.arrays else None
+        if "best" in ck.arrays and stage != "anneal":
+            best = Best(float(ck.extra["best_loss"]), int(ck.extra["best_iteration"]), ck.arrays["best"])
         _truncate_log(os.path.join(out, "log.jsonl"), it0 if stage != "anneal" else 0)
         log(f"restart: resuming stage '{stage}' at iteration {it0} from {ck_dir}")
         if stage == "done":
@@ -451,15 +454,21 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
                 return None
             return Stats.from_buffer(ev.evaluate(p, CMD_VALID))
 
+        def with_best():
+            if best.params is None:
+                return {}, {}
+            return {"best_loss": best.loss, "best_iteration": best.iteration}, {"best": best.params}
+
         def on_iteration(it, p, elapsed):
+            extra, arrays = with_best()
             if cfg.checkpoint.every and it % cfg.checkpoint.every == 0:
-                save("optimize", it, p, {"elapsed": elapsed})
-            check_signal("optimize", it, p)
+                save("optimize", it, p, {"elapsed": elapsed, **extra}, arrays)
+            check_signal("optimize", it, p, extra, arrays)
 
         log(f"optimizer: {cfg.optimizer.method}, up to {cfg.optimizer.max_iterations} iterations, "
             f"{setup.layout.n_params} parameters")  # fmt: skip
         res = run_optimizer(evaluate, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
-                            validate if setup.valid is not None else None, on_iteration)  # fmt: skip
+                            validate if setup.valid is not None else None, on_iteration, best)  # fmt: skip
     except Interrupted as exc:
         log(f"stopped: {exc}; resume with --restart")
         _write_status(out, "interrupted", str(exc))
@@ -467,10 +476,17 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         return 0
     except NonFiniteLoss as exc:
         return _stop_nonfinite(exc, setup, out, save, log, logw)
-    save("done", res.iterations, res.params)
+    extra, arrays = with_best()
+    save("done", res.iterations, res.params, extra, arrays)
     model = Model(setup.sf, setup.layout, res.params, setup.gmin, setup.gmax)
     path = os.path.join(out, "model.json")
     model.save(path, overwrite=True)  # prepare_output already protected any earlier model
+    best_note = None
+    if best.params is not None:
+        Model(setup.sf, setup.layout, best.params, setup.gmin, setup.gmax).save(os.path.join(out, "model_best.json"), overwrite=True)
+        best_note = {"iteration": best.iteration, "validation_loss": best.loss}
+        log(f"model_best.json: the parameters of iteration {best.iteration}, the lowest validation loss "
+            f"({best.loss:.6e}) among the iterations validated; model.json: the last iteration ({res.iterations})")  # fmt: skip
     vs = validate(res.params) if setup.valid is not None else None
     summary = f"{'CONVERGED' if res.converged else 'NOT CONVERGED'}: {res.message}"
     log(summary)
@@ -482,7 +498,8 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     log(f"model written to {path}; wall time {time.perf_counter() - t_run:.1f} s, "
         f"{t['n']} evaluations, {1000 * t['compute'] / max(t['n'], 1):.1f} ms compute per evaluation")  # fmt: skip
     _write_status(out, "converged" if res.converged else "not_converged", summary,
-                  {"train": vars(s), "validation": vars(vs) if vs else None})  # fmt: skip
+                  {"train": vars(s), "validation": vars(vs) if vs else None, "last_iteration": res.iterations,
+                   "best_validation": best_note})  # fmt: skip
     logw.close()
     return 0
 

@@ -1,13 +1,16 @@
-"""Gradient-based optimisation on rank 0 with scipy (L-BFGS-B or BFGS).
+"""Gradient-based optimisation on rank 0 with scipy (L-BFGS-B, BFGS or nonlinear CG).
 
 The objective is whatever ``evaluate(params) -> buffer`` returns (reduced over all ranks by
 the MPI layer).  Convergence follows Amp: the run stops when every criterion that is set
 holds (energy RMSE in eV/atom, force RMSE in eV/Å, optional max residuals), or after
-``max_iterations``.
+``max_iterations``.  Whenever the validation set is evaluated, the parameters of the lowest
+validation loss so far are kept (:class:`Best`), so a run that overfits late still yields its
+best model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -72,12 +75,26 @@ class NonFiniteLoss(Exception):
 
 
 @dataclass
+class Best:
+    """The parameters of the lowest validation loss seen, and their iteration."""
+
+    loss: float = math.inf
+    iteration: int = 0
+    params: np.ndarray | None = None
+
+    def offer(self, loss: float, iteration: int, params: np.ndarray) -> None:
+        if loss < self.loss:
+            self.loss, self.iteration, self.params = loss, iteration, params.copy()
+
+
+@dataclass
 class Result:
     params: np.ndarray
     iterations: int
     converged: bool
     message: str
     stats: Stats
+    best: Best = dataclasses.field(default_factory=Best)
 
 
 class LogWriter:
@@ -111,12 +128,15 @@ def run_optimizer(
     elapsed0: float = 0.0,
     validate: Callable[[np.ndarray], Stats] | None = None,
     on_iteration: Callable[[int, np.ndarray, float], None] | None = None,
+    best: Best | None = None,
 ) -> Result:
     """Minimise with scipy; ``evaluate(x, want_max)`` returns the reduced buffer.
 
     ``on_iteration(iteration, x, elapsed)`` runs after each accepted step (checkpoints,
-    signal checks: it may raise :class:`Interrupted`).
+    signal checks: it may raise :class:`Interrupted`).  ``best``: the best validation point of
+    the run so far (a restart passes the checkpoint's); updated in place.
     """
+    best = best if best is not None else Best()
     c = cfg.convergence
     want_max = c.energy_maxresid > 0 or c.force_maxresid > 0
     last: dict = {}
@@ -155,6 +175,8 @@ def run_optimizer(
         vs = None
         if validate is not None and (it % max(1, cfg.output.validate_every) == 0 or c.on == "validation"):
             vs = validate(x)
+            best.offer(vs.loss, it, x)
+            rec["val_loss"] = vs.loss
             rec["val_energy_rmse"] = vs.energy_rmse
             rec["val_force_rmse"] = vs.force_rmse if with_forces else None
             line += f"  | val E {vs.energy_rmse * 1000:.3f} meV/atom"
@@ -174,10 +196,13 @@ def run_optimizer(
         buf = evaluate(x0, want_max)
         s = Stats.from_buffer(buf)
         ok, msg = converged(s, cfg, with_forces)
-        return Result(x0, start_iteration, ok, "max_iterations reached before start: " + msg, s)
+        return Result(x0, start_iteration, ok, "max_iterations reached before start: " + msg, s, best)
     if cfg.optimizer.method == "lbfgsb":
         opts = {"maxiter": remaining, "maxcor": cfg.optimizer.history, "ftol": 1e-15, "gtol": 1e-12, "maxfun": 10 * remaining + 100}
         method = "L-BFGS-B"
+    elif cfg.optimizer.method == "cg":
+        opts = {"maxiter": remaining, "gtol": 1e-12}
+        method = "CG"  # Polak-Ribière with a Wolfe line search; memory O(P)
     else:
         opts = {"maxiter": remaining, "gtol": 1e-12}
         method = "BFGS"
@@ -190,4 +215,4 @@ def run_optimizer(
         msg = f"converged after {state['it']} iterations: {state['msg']}"
     else:
         msg = f"not converged after {state['it']} iterations ({res.message}); {state['msg']}"
-    return Result(x, state["it"], state["conv"], msg, state["stats"])
+    return Result(x, state["it"], state["conv"], msg, state["stats"], best)
