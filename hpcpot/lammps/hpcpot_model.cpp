@@ -324,11 +324,16 @@ double Model::atom(int c, int nn, const double *d, const int *el, double *fn, Sc
       const double cos = (Dj[0] * Dk[0] + Dj[1] * Dk[1] + Dj[2] * Dk[2]) * inv_ijik;
       const double rsum = rij * rij + rik * rik + rjk2;
       const double fcs = s.fc[q] * s.fc[p] * fcjk;
+      // the exponential depends on eta only, and functions come eta by eta: cache it
+      double last_eta = -1.0, ex = 0.0;
       for (int f : fl) {
         const SymmetryFunction &sf = em.functions[f];
         const double base = 1.0 + sf.gamma * cos;
         if (base <= 0.0) continue;
-        const double ex = std::exp(-sf.eta * rsum / rc2);
+        if (sf.eta != last_eta) {
+          ex = std::exp(-sf.eta * rsum / rc2);
+          last_eta = sf.eta;
+        }
         double pw1;  // base^(zeta - 1), by multiplication for integer zeta
         const int zi = static_cast<int>(sf.zeta);
         if (zi == sf.zeta && zi >= 1) {
