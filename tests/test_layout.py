@@ -54,3 +54,16 @@ def test_import_scanner_sees_relative_imports():
     mods = _imports(PKG / "training" / "loss.py")
     assert "hpcpot.potential.predict" in mods
     assert "hpcpot.potential.predict.Batch" in mods
+
+
+def test_lammps_package_imports_nothing_from_training_mpi_or_config():
+    """pair_style hpcpot's build and runtime helpers belong to the potential half too."""
+    files = sorted((PKG / "lammps").glob("*.py"))
+    assert len(files) >= 3
+    bad = [
+        f"{f.name} imports {m}"
+        for f in files
+        for m in sorted(_imports(f))
+        if any(m == p or m.startswith(p + ".") for p in FORBIDDEN_FOR_POTENTIAL)
+    ]
+    assert not bad, bad
