@@ -315,3 +315,9 @@ def test_hand_written_radial_lists_without_preset_complete_the_default_set():
     assert parse_config({"fingerprints": {"g4_zetas": [1.0]}}).fingerprints.preset == "auto"
     with pytest.raises(ConfigError, match="g2_etas"):
         parse_config({"fingerprints": {"preset": "auto", "g2_etas": [1.0]}})
+
+
+def test_validation_values_need_split_key():
+    with pytest.raises(ConfigError, match=r"validation_values: needs split_key"):
+        parse_config({"data": {"validation_values": ["data_3"]}})
+    assert parse_config({"data": {"split_key": "system", "validation_values": "data_3"}}).data.validation_values == ["data_3"]

@@ -358,3 +358,18 @@ def test_compressed_extxyz_with_index_and_a_corrupt_one(tmp_path, ext, opener):
     bad.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
     with pytest.raises(DataError, match=str(bad)):
         read_structures([str(bad)], need_forces=True)
+
+
+def test_split_by_validation_values():
+    """split_key + validation_values: images whose tag is listed are validation, all others training."""
+    tags = ["data_0", "data_3", "data_1", "data_3", "data_2"]
+    train, val = split_indices(5, 0.5, 0, tags, "system", ["data_3"])
+    assert train.tolist() == [0, 2, 4] and val.tolist() == [1, 3]
+    with pytest.raises(DataError, match=r"atoms.info\['system'\].*data_9"):
+        split_indices(5, 0.5, 0, tags, "system", ["data_9"])
+
+
+def test_split_by_validation_values_on_the_water_set():
+    st, tags = read_structures([str(need(DATA / "water_deepmd_64H2O.extxyz.gz"))], False, info_key="system")
+    train, val = split_indices(st.n_images, 0.1, 0, tags, "system", ["data_3"])
+    assert len(val) == 80 and len(train) == 320 and all(tags[k] == "data_3" for k in val)

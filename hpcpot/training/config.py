@@ -30,6 +30,7 @@ class DataConfig:
     validation_fraction: float = 0.1
     seed: int = 0
     split_key: str = ""  # atoms.info key whose value says "train"/"validation"
+    validation_values: list[str] = field(default_factory=list)  # with split_key: these values are validation, the rest training
     index: str = ":"  # ASE index applied to each file
     # filters, applied before the split (0 = off); dropped images are listed in OUTDIR/filtered.tsv
     max_energy_above_min: float = 0.0  # eV/atom above the lowest energy per atom of the training files
@@ -229,6 +230,8 @@ def _check_ranges(cfg: Config, src: str) -> None:
 
     if not 0.0 <= cfg.data.validation_fraction < 1.0:
         bad("data.validation_fraction", "must be in [0, 1)")
+    if cfg.data.validation_values and not cfg.data.split_key:
+        bad("data.validation_values", "needs split_key (the atoms.info key whose values these are)")
     for key in ("max_energy_above_min", "max_force"):
         if not (math.isfinite(getattr(cfg.data, key)) and getattr(cfg.data, key) >= 0):
             bad(f"data.{key}", "must be a finite number >= 0 (0 = off)")

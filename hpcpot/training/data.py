@@ -204,10 +204,20 @@ VALIDATION_TAGS = {"validation", "valid", "val", "test"}
 
 
 def split_indices(
-    n: int, fraction: float, seed: int, tags: list | None = None, key: str = ""
-) -> tuple[np.ndarray, np.ndarray]:
+    n: int, fraction: float, seed: int, tags: list | None = None, key: str = "",
+    validation_values: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Train/validation image indices: from ``tags`` (values of ``atoms.info[key]``) when
-    given, else a random ``fraction`` for validation drawn with ``seed``."""
+    given, else a random ``fraction`` for validation drawn with ``seed``.  With
+    ``validation_values``, an image is validation when its tag is one of them and training
+    otherwise (e.g. ``info["system"] == "data_3"``); without, tags must name the set."""
+    if key and validation_values:
+        assert tags is not None
+        vals = {str(v) for v in validation_values}
+        is_val = np.array([str(t) in vals for t in tags], bool)
+        if not is_val.any():
+            raise DataError(f"no image has atoms.info['{key}'] in {sorted(vals)}: the validation set would be empty")
+        return np.nonzero(~is_val)[0].astype(np.int64), np.nonzero(is_val)[0].astype(np.int64)
     if key:
         assert tags is not None
         train, val = [], []

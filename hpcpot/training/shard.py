@@ -72,7 +72,8 @@ def read_shard(comm: SerialComm, images: ImageSet, gidx: np.ndarray, cutoff: flo
 
 
 def split_global(comm: SerialComm, images: ImageSet, fraction: float, seed: int, key: str,
-                 pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                 pool: np.ndarray | None = None, validation_values: list[str] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Global train/validation indices, identical on every rank (tags read by rank 0).
 
     ``pool``: the global indices to split (those the data filters kept; default all)."""
@@ -81,5 +82,5 @@ def split_global(comm: SerialComm, images: ImageSet, fraction: float, seed: int,
     if key:
         tags = comm.bcast(images.tags(key) if comm.rank == 0 else None)
         tags = [tags[k] for k in pool]
-    train, val = split_indices(len(pool), fraction, seed, tags, key)
+    train, val = split_indices(len(pool), fraction, seed, tags, key, validation_values)
     return pool[train], pool[val]

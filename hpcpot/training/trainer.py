@@ -224,7 +224,11 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     if cfg.data.validation:
         g_train, g_val = pool, vpool
     else:
-        g_train, g_val = split_global(comm, images, cfg.data.validation_fraction, cfg.data.seed, cfg.data.split_key, pool)
+        try:
+            g_train, g_val = split_global(comm, images, cfg.data.validation_fraction, cfg.data.seed, cfg.data.split_key,
+                                          pool, cfg.data.validation_values)  # fmt: skip
+        except DataError as exc:  # decided alike on every rank
+            raise GlobalError(str(exc)) from None
     if len(g_train) == 0:
         raise GlobalError("no training images after the train/validation split")
     st_t = read_shard(comm, images, g_train, fp.cutoff, need_forces)
