@@ -197,6 +197,11 @@ def run_optimizer(
         s = Stats.from_buffer(buf)
         ok, msg = converged(s, cfg, with_forces)
         return Result(x0, start_iteration, ok, "max_iterations reached before start: " + msg, s, best)
+    if cfg.optimizer.method == "lbfgs":
+        from .lbfgs import minimize_lbfgs
+
+        res = minimize_lbfgs(fun, x0, cfg.optimizer.history, remaining, callback)
+        return _finish(state, last, fun, res.x, res.message, best)
     if cfg.optimizer.method == "lbfgsb":
         opts = {"maxiter": remaining, "maxcor": cfg.optimizer.history, "ftol": 1e-15, "gtol": 1e-12, "maxfun": 10 * remaining + 100}
         method = "L-BFGS-B"
@@ -207,12 +212,17 @@ def run_optimizer(
         opts = {"maxiter": remaining, "gtol": 1e-12}
         method = "BFGS"
     res = scipy.optimize.minimize(fun, x0, jac=True, method=method, callback=callback, options=opts)
-    x = state["x"] if state["stats"] is not None else res.x
+    return _finish(state, last, fun, res.x, res.message, best)
+
+
+def _finish(state: dict, last: dict, fun, x_end: np.ndarray, message: str, best: Best) -> Result:
+    """The Result from the driver's state after a method returned."""
+    x = state["x"] if state["stats"] is not None else x_end
     if state["stats"] is None:
         fun(x)
         state["stats"] = last["stats"]
     if state["conv"]:
         msg = f"converged after {state['it']} iterations: {state['msg']}"
     else:
-        msg = f"not converged after {state['it']} iterations ({res.message}); {state['msg']}"
+        msg = f"not converged after {state['it']} iterations ({message}); {state['msg']}"
     return Result(x, state["it"], state["conv"], msg, state["stats"], best)
