@@ -25,8 +25,6 @@ from . import _threads  # noqa: F401  (before numpy: one BLAS thread)
 
 import numpy as np  # noqa: E402
 
-# atoms whose scaled fingerprints leave [-1, 1] by more than this count as extrapolated
-EXTRAPOLATION_MARGIN = 1e-6
 
 
 @dataclass
@@ -57,7 +55,6 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
     with_forces = with_forces and st.forces is not None
     m = model
     tables = m.sf.block_tables()
-    rng = m.gmax - m.gmin
     E = np.empty(st.n_images)
     F = np.empty((len(st.species), 3)) if with_forces else None
     outside = np.zeros(len(st.species), bool)
@@ -72,10 +69,8 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
         E[lo:hi] = e
         if with_forces:
             F[a0:a1] = f
-        # scaled x = 2 (G - Gmin)/(Gmax - Gmin) - 1 per element; outside [-1, 1]: extrapolation
-        lo_b, hi_b = m.gmin[sub.species], m.gmax[sub.species]
-        tol = EXTRAPOLATION_MARGIN * np.where(rng[sub.species] > 0, rng[sub.species], 1.0)
-        outside[a0:a1] = ((fp < lo_b - tol) | (fp > hi_b + tol)).any(axis=1)
+        # scaled inputs outside [-1, 1]: extrapolation (the calculator's test, too)
+        outside[a0:a1] = m.outside_range(fp, sub.species).any(axis=1)
         if log is not None and st.n_images > chunk:
             el = time.perf_counter() - t0
             log(f"  evaluated {hi}/{st.n_images} images, {el:.1f} s elapsed, ~{el / hi * (st.n_images - hi):.1f} s left")
