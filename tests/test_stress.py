@@ -124,3 +124,40 @@ def test_cell_relaxation(fitted_model):
     assert np.abs(s[[0, 1, 5]]).max() < 0.1 * np.abs(s0[[0, 1, 5]]).max()
     assert np.abs(atoms.get_forces()).max() < 0.005
     assert atoms.get_potential_energy() < e0
+
+
+def test_evaluate_reports_stress_errors(fitted_model, tmp_path):
+    """Reference data with stress (here EMT's, written to extxyz) gets stress RMSE/MAE in
+    GPa, equal to a direct computation with the calculator; images without stress are skipped."""
+    import ase.io
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.units import GPa
+
+    from hpcpot import Calculator
+    from hpcpot.evaluate import evaluate
+    from hpcpot.training.data import read_structures
+
+    images = []
+    for k, make in enumerate([_triclinic, _slab, _small_cell]):
+        a = make()
+        a.calc = EMT()
+        res = {"energy": a.get_potential_energy(), "forces": a.get_forces()}
+        if k < 2:
+            res["stress"] = a.get_stress()  # the small cell goes in without a reference stress
+        a.calc = SinglePointCalculator(a, **res)
+        images.append(a)
+    path = tmp_path / "with-stress.extxyz"
+    ase.io.write(path, images)
+    st, _ = read_structures([str(path)], need_forces=True, elements=fitted_model[0].layout.elements)
+    assert np.isfinite(st.stress[:2]).all() and np.isnan(st.stress[2]).all()
+    rep = evaluate(fitted_model[0], st)[0]
+    d = []
+    for a in ase.io.read(path, ":2"):  # as written: extxyz rounds the positions
+        ref = a.get_stress()
+        a.calc = Calculator(fitted_model[0], extrapolation="ignore")
+        d.append((a.get_stress() - ref) / GPa)
+    d = np.concatenate(d)
+    assert rep.stress_images == 2
+    assert rep.stress_rmse_gpa == pytest.approx(np.sqrt(np.mean(d**2)), rel=1e-9)
+    assert rep.stress_mae_gpa == pytest.approx(np.mean(np.abs(d)), rel=1e-9)
