@@ -28,3 +28,26 @@ def test_nve_conserves_energy(fitted_model):
     assert abs(r["drift_mev_per_atom_per_ps"]) < 0.6, r["drift_mev_per_atom_per_ps"]
     # the atoms did move: kinetic energy went into the potential and back
     assert np.ptp(atoms.get_positions()[-1]) > 0
+
+
+def test_npt_runs_on_the_stress(fitted_model):
+    """Berendsen NPT (in-plane barostat on the slab) is driven by the calculator's stress: the
+    in-plane cell shrinks towards the relaxed cell (5.47 Å, see test_stress), z stays."""
+    from ase import units
+    from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen
+    from md_nve import reference_structure
+
+    from hpcpot import Calculator
+
+    a = reference_structure()
+    a.calc = Calculator(fitted_model[0], extrapolation="ignore")
+    rng = np.random.default_rng(0)
+    a.set_momenta(rng.normal(size=(len(a), 3)) * np.sqrt(a.get_masses()[:, None] * units.kB * 300))
+    c0 = a.cell.lengths().copy()
+    dyn = Inhomogeneous_NPTBerendsen(a, 1 * units.fs, temperature_K=300, pressure_au=0.0, taut=50 * units.fs,
+                                     taup=200 * units.fs, compressibility_au=4.6e-5 / units.bar, mask=(1, 1, 0))  # fmt: skip
+    dyn.run(200)
+    c = a.cell.lengths()
+    assert c[2] == c0[2]
+    assert (c[:2] < c0[:2] - 0.02).all() and (c[:2] > 0.95 * c0[:2]).all(), (c0, c)
+    assert np.isfinite(a.get_potential_energy())
