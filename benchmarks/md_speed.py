@@ -23,10 +23,8 @@ import time
 import warnings
 from pathlib import Path
 
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")  # one BLAS thread, before numpy (as the CLI tools)
-
-import numpy as np  # noqa: E402
+import hpcpot._threads  # noqa: F401  (before numpy: one BLAS thread, as the command-line tools)
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples"))

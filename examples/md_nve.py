@@ -18,15 +18,11 @@ model's fingerprints: the forces there are extrapolations.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-# one BLAS thread: the networks' matrices are small (as the command-line tools set it)
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
-
-import numpy as np  # noqa: E402
+import hpcpot._threads  # noqa: F401  (before numpy: one BLAS thread, as the command-line tools)
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "o_pt111_emt_3000.traj"

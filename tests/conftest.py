@@ -7,13 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-# one BLAS thread, as the command-line tools use (hpcpot._threads): on the shared 2-core
-# machines a threaded 3x3 solve spins, and ASE's cell filter does many (5x slower measured)
-for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+# one BLAS thread, as the command-line tools: on the shared 2-core machines a threaded 3x3
+# solve spins, and ASE's cell filter does many (5x slower measured)
+import hpcpot._threads  # noqa: F401
+import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
