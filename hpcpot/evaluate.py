@@ -31,7 +31,6 @@ from . import _threads  # noqa: F401  (before numpy: one BLAS thread)
 import numpy as np  # noqa: E402
 
 
-
 @dataclass
 class Report:
     """Errors of a model on a data set (units in the field names)."""
@@ -65,8 +64,8 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
     with_forces = with_forces and st.forces is not None
     # stress comes from the same derivatives as the forces, for images with a reference one
     has_stress = np.zeros(st.n_images, bool)
+    vol = np.abs(np.linalg.det(st.cells)) if len(st.cells) else np.zeros(0)
     if with_forces and st.stress is not None:
-        vol = np.abs(np.linalg.det(st.cells))
         has_stress = np.isfinite(st.stress).all(axis=1) & st.pbc.any(axis=1) & (vol > 1e-12)
     S = np.full((st.n_images, 6), np.nan)
     m = model
@@ -85,8 +84,7 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
         e, f = prob.predict(m.params)
         E[lo:hi] = e
         if want_s:
-            v = np.abs(np.linalg.det(sub.cells))
-            S[lo:hi] = prob.virials() / np.where(v > 1e-12, v, 1.0)[:, None]  # only has_stress rows are used
+            S[lo:hi] = prob.virials() / np.where(vol[lo:hi] > 1e-12, vol[lo:hi], 1.0)[:, None]  # has_stress rows used
         if with_forces:
             F[a0:a1] = f
         # scaled inputs outside [-1, 1]: extrapolation (the calculator's test, too)
@@ -173,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", metavar="PREFIX",
                     help="draw PREFIX-energy-parity.png, PREFIX-force-parity.png, PREFIX-errors.png (needs matplotlib)")
     ap.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    ap.add_argument("--overwrite", action="store_true", help="replace existing --parity/--json files")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing --parity/--plot/--json files")
     a = ap.parse_args(argv)
     from .errors import DataError
     from .files import refuse_existing
