@@ -33,7 +33,9 @@ class DataConfig:
     validation_values: list[str] = field(default_factory=list)  # with split_key: these values are validation, the rest training
     index: str = ":"  # ASE index applied to each file
     # filters, applied before the split (0 = off); dropped images are listed in OUTDIR/filtered.tsv
-    max_energy_above_min: float = 0.0  # eV/atom above the lowest energy per atom of the training files
+    # eV/atom above the lowest energy per atom of the training files, after per-element
+    # reference energies (reference_energies, else fitted by least squares)
+    max_energy_above_min: float = 0.0
     max_force: float = 0.0  # eV/Å: largest atomic force |F_i| of an image
     reference_energies: dict[str, float] = field(default_factory=dict)  # eV per atom of each element
 
