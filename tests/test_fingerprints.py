@@ -573,3 +573,27 @@ def test_multi_image_chunks_and_float32():
     G0, b0 = compute_fingerprints(st, sf, with_derivs=False)
     assert b0 is None
     np.testing.assert_array_equal(G0, G)
+
+
+def test_pair_kind_counts_give_the_exact_derivative_size(ref_structures):
+    """The memory forecast's count: pairs by (centre element, partner kind) times the
+    functions each kind moves equals the stored derivatives, on slabs, a cell smaller than the
+    cutoff (periodic images fold into one pair) and a molecule."""
+    from ase.build import bulk
+
+    from hpcpot.potential.fingerprints import pair_kind_counts
+    from hpcpot.potential.structures import concat_structures
+
+    small = bulk("Pt", "fcc", a=3.9)
+    small.append("O")
+    small.positions[-1] = [1.0, 1.0, 1.0]
+    mol = molecule("H2O")
+    mol.symbols = ["O", "O", "O"]  # Pt/O model: an O3 molecule in no cell
+    st = concat_structures([ref_structures.subset(np.arange(5)), structure_arrays(small, ("O", "Pt")),
+                            structure_arrays(mol, ("O", "Pt"))], ("O", "Pt"))  # fmt: skip
+    sf = symmetry_functions(FingerprintConfig(preset="default", cutoff=6.5), ["O", "Pt"])
+    _, sub_len = sf.block_tables()
+    counts = pair_kind_counts(st, 6.5)
+    _, blocks = compute_fingerprints(st, sf, True)
+    assert counts.sum() == len(blocks.centre)
+    assert (counts * sub_len).sum() * 3 == len(blocks.values)

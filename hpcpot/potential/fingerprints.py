@@ -30,6 +30,9 @@ from ..errors import DataError
 from .structures import MIN_DISTANCE, structure_arrays
 from .symmetry import SymmetryFunctions
 
+CHUNK_PAIRS = 300_000  # neighbour pairs fingerprinted per chunk (bounds the transient memory)
+CHUNK_NEIGHBOURS_PER_ATOM = 64  # the estimate that sizes a chunk: CHUNK_PAIRS / 64 atoms
+
 
 @dataclass
 class DerivativeBlocks:
@@ -356,6 +359,24 @@ def neighbor_counts(st, cutoff: float) -> np.ndarray:
     return out
 
 
+def pair_kind_counts(st, cutoff: float) -> np.ndarray:
+    """(n_elements, n_elements + 1): derivative pairs by centre element c and kind k (the
+    partner's element, or n_elements for the self pair), over all images of ``st``.  With
+    ``sub_len`` it gives the exact size of the stored derivatives (memory forecasts)."""
+    ne = len(st.elements)
+    out = np.zeros(ne * (ne + 1), np.int64)
+    for k in range(st.n_images):
+        s, e = st.atom_ptr[k], st.atom_ptr[k + 1]
+        i, j, _ = neighbor_list(st.positions[s:e], st.cells[k], st.pbc[k], cutoff)
+        n = e - s
+        key = np.unique(i * n + j)  # periodic images of one partner fold into one pair
+        key = key[key // n != key % n]  # i's own images fold into the self pair
+        sp = st.species[s:e]
+        np.add.at(out, sp[key // n] * (ne + 1) + sp[key % n], 1)
+        np.add.at(out, sp * (ne + 1) + ne, 1)
+    return out.reshape(ne, ne + 1)
+
+
 def shortest_distances(st, cutoff: float) -> np.ndarray:
     """(n_elements, n_elements): the shortest distance (Å) between atoms of each element pair
     within ``cutoff`` over all images of ``st`` (inf for a pair never that close)."""
@@ -375,7 +396,7 @@ def compute_fingerprints(
     sf: SymmetryFunctions,
     with_derivs: bool = True,
     dtype=np.float64,
-    chunk_pairs: int = 300_000,
+    chunk_pairs: int = CHUNK_PAIRS,
     progress=None,
     with_virial: bool = False,
 ) -> tuple[np.ndarray, DerivativeBlocks | None]:
@@ -404,7 +425,7 @@ def compute_fingerprints(
         est = (st.atom_ptr[hi] - st.atom_ptr[lo]) * 64
         while hi < st.n_images and est < chunk_pairs:
             hi += 1
-            est = (st.atom_ptr[hi] - st.atom_ptr[lo]) * 64
+            est = (st.atom_ptr[hi] - st.atom_ptr[lo]) * CHUNK_NEIGHBOURS_PER_ATOM
         a0, a1 = st.atom_ptr[lo], st.atom_ptr[hi]
         n = a1 - a0
         sp = st.species[a0:a1]
@@ -450,17 +471,30 @@ def compute_fingerprints(
     np.cumsum(plen, out=ptr[1:])
     image_ptr = np.zeros(st.n_images + 1, np.int64)
     np.cumsum(img_pairs, out=image_ptr[1:])
-    cat = np.concatenate
     blocks = DerivativeBlocks(
-        cat(cen_l) if cen_l else np.zeros(0, np.int32),
-        cat(par_l) if par_l else np.zeros(0, np.int32),
-        cat(kind_l) if kind_l else np.zeros(0, np.int8),
+        _concat_freeing(cen_l, np.int32),
+        _concat_freeing(par_l, np.int32),
+        _concat_freeing(kind_l, np.int8),
         ptr,
-        cat(val_l) if val_l else np.zeros(0, dtype),
+        _concat_freeing(val_l, dtype),
         image_ptr,
         W if with_virial else None,
     )
     return G, blocks
+
+
+def _concat_freeing(parts: list, dtype) -> np.ndarray:
+    """np.concatenate(parts), releasing each part once copied.  The result's pages are only
+    touched as they are filled, so the peak is the total plus one chunk, not twice the total
+    (np.concatenate held every chunk and the whole copy at once: peak RSS 2x the derivatives)."""
+    out = np.empty(sum(len(p) for p in parts), dtype)
+    off = 0
+    for k in range(len(parts)):
+        n = len(parts[k])
+        out[off : off + n] = parts[k]
+        off += n
+        parts[k] = None
+    return out
 
 
 def fingerprints(atoms, sf: SymmetryFunctions) -> np.ndarray:
