@@ -44,7 +44,7 @@ def make_model(path: Path, atoms) -> None:
     from hpcpot.training.descriptors import symmetry_functions
 
     els = ["O", "Pt"]
-    sf = symmetry_functions(FingerprintConfig(), els)
+    sf = symmetry_functions(FingerprintConfig(preset="default"), els)
     lay = Layout(tuple(els), tuple(int(n) for n in sf.n_functions), (20, 20), "tanh")
     params = np.random.default_rng(0).normal(0, 0.2, lay.n_params)
     G = fingerprints(atoms[:500] if len(atoms) > 500 else atoms, sf)

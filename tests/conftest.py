@@ -122,7 +122,7 @@ def fitted_model():
     prob, p, lay = small_problem(st, alpha=0.04, hidden=(10, 10))
     res = minimize(lambda x: (lambda b: (b[0], b[5:].copy()))(prob.evaluate(x)), p, jac=True,
                    method="L-BFGS-B", options={"maxiter": 400})  # fmt: skip
-    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
     G, _ = compute_fingerprints(st, sf, with_derivs=False)
     ne = len(st.elements)
     gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
