@@ -21,6 +21,7 @@ and each image's source name, so every rank count draws the same rows.
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import numpy as np
@@ -147,6 +148,7 @@ class NormalEquations:
         inv = np.empty(len(prob.row), np.int64)
         inv[prob.row] = np.arange(len(prob.row))
         self.atom_of_row = inv  # element-major row -> shard atom
+        self.timing = {"rows": 0.0, "syrk": 0.0, "n_rows": 0}  # seconds building rows / in dsyrk
 
     @property
     def buffer_size(self) -> int:
@@ -211,6 +213,8 @@ class NormalEquations:
         salt = np.uint64((self.seed * 1_000_003 + iteration) & 0x7FFFFFFFFFFFFFFF)
         scale_f = 1.0 / np.sqrt(self.fraction) if self.fraction < 1.0 else 1.0
         J = np.zeros((0, P))
+        t_start = time.perf_counter()
+        t_syrk = 0.0
         for j0, j1 in self._chunks():
             nimg = j1 - j0
             nrow = nimg
@@ -241,11 +245,16 @@ class NormalEquations:
                 r[rows] = wa[m] * (Fhat[a0 + m, k] - prob.forces[a0 + m, k]) * scale_f
                 Jc[rows] *= (wa[m] * scale_f)[:, None]
             # C += Jcᵀ Jc on the upper triangle, in place (C is Fortran-ordered, Jc.T too)
+            t0 = time.perf_counter()
             dsyrk(1.0, Jc.T, beta=1.0, c=C, trans=0, lower=0, overwrite_c=1)
+            t_syrk += time.perf_counter() - t0
+            self.timing["n_rows"] += nrow
             if jtr is not None:
                 jtr += Jc.T @ r
             if residuals is not None:
                 residuals.append(r.copy())
+        self.timing["syrk"] += t_syrk
+        self.timing["rows"] += time.perf_counter() - t_start - t_syrk
 
     def _element_rows(self, Jc, e, lo, hi, j0, layers, params, c0, c1, frow, pairs) -> None:
         """Add the rows of element e's atoms lo..hi-1 (its rows in prob.X[e]) to Jc."""
