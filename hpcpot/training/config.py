@@ -84,11 +84,12 @@ class OptimizerConfig:
     method: str = "lbfgsb"  # "lbfgsb", "bfgs", "cg" (nonlinear conjugate gradient) or "lm" (Levenberg–Marquardt)
     max_iterations: int = 1000
     history: int = 50  # L-BFGS-B memory (scipy's maxcor); 50 beat 10 on Mo DFT data (README)
-    # Levenberg–Marquardt: (JᵀJ + μ I) δ = −Jᵀr; μ is multiplied by lm_decrease after an
-    # accepted step and by lm_increase after a rejected one
+    # Levenberg–Marquardt: (JᵀJ + μ I) δ = −Jᵀr; μ is multiplied by lm_decrease after a step
+    # the quadratic model predicted well (gain ratio > 0.75), by lm_increase after a rejected
+    # or poorly predicted one (< 0.25)
     lm_damping: float = 1e-3  # initial μ (units of the loss per parameter²)
     lm_increase: float = 10.0
-    lm_decrease: float = 0.1
+    lm_decrease: float = 0.3  # 0.1 made every other trial step fail (μ bounced 10x down, 10x up)
     force_fraction: float = 1.0  # share of force components drawn into JᵀJ each iteration
     lm_seed: int = 0  # seed of that draw
 

@@ -144,15 +144,16 @@ class Iterations:
             self.x, self.it, self.stats,
         )
 
-    def accept(self, x: np.ndarray, s: Stats) -> bool:
-        """Report the accepted point ``x`` with training stats ``s``; True when converged."""
+    def accept(self, x: np.ndarray, s: Stats, more: dict | None = None) -> bool:
+        """Report the accepted point ``x`` with training stats ``s`` (``more``: the method's
+        own fields for the log.jsonl record); True when converged."""
         c, with_forces = self.cfg.convergence, self.with_forces
         self.it += 1
         it = self.it
         self.stats, self.x = s, x.copy()
         elapsed = time.perf_counter() - self.t_start
         rec = {"iteration": it, "loss": s.loss, "energy_rmse": s.energy_rmse,
-               "force_rmse": s.force_rmse if with_forces else None, "elapsed": round(elapsed, 4)}  # fmt: skip
+               "force_rmse": s.force_rmse if with_forces else None, "elapsed": round(elapsed, 4), **(more or {})}  # fmt: skip
         line = f"iter {it:6d}  loss {s.loss:.6e}  E_rmse {s.energy_rmse * 1000:9.3f} meV/atom"
         if with_forces:
             line += f"  F_rmse {s.force_rmse:8.4f} eV/Å"

@@ -5,9 +5,11 @@ numbers; see :class:`hpcpot.training.jacobian.NormalEquations`), then solves
 
     (JᵀJ + μ I) δ = −Jᵀr
 
-by Cholesky and tries θ + δ with a loss-only evaluation: a lower loss is accepted and μ is
-multiplied by ``lm_decrease``; otherwise (or when the factorisation fails) μ is multiplied
-by ``lm_increase`` and the same system is solved again.  Every accepted step is one
+by Cholesky and tries θ + δ with a loss-only evaluation.  A lower loss is accepted, and μ
+follows the gain ratio ρ = (actual decrease) / (decrease predicted by the quadratic model):
+μ · ``lm_decrease`` when ρ > 0.75 (the model is good: trust it further), μ · ``lm_increase``
+when ρ < 0.25, unchanged in between.  A step that does not lower the loss (or a failed
+factorisation) multiplies μ by ``lm_increase`` and the same system is solved again.  Every accepted step is one
 iteration of the driver (:class:`.driver.Iterations`): log line, record, validation,
 checkpoint and convergence test, as for the scipy methods.  μ lives in ``state`` so that a
 checkpoint carries it and a restart continues with it.
@@ -64,6 +66,7 @@ def run_lm(
             raise NonFiniteLoss(f"the Jacobian became non-finite in iteration {rep.it + 1}: check the data and the "
                                 "learning setup", rep.x, rep.it, rep.stats)  # fmt: skip
         accepted = None
+        rejected = 0
         while mu <= MU_MAX:
             M = np.tril(A)
             M[diag, diag] += mu
@@ -73,14 +76,20 @@ def run_lm(
                 mu *= o.lm_increase  # not positive definite at this μ (JᵀJ is singular for P > rows)
                 continue
             del M
-            xt = x + scipy.linalg.cho_solve(cf, -g, check_finite=False)
+            delta = scipy.linalg.cho_solve(cf, -g, check_finite=False)
             del cf
-            head = loss_only(xt, rep.want_max)
+            head = loss_only(x + delta, rep.want_max)
             trial = float(head[0])
             if math.isfinite(trial) and trial < loss:
-                accepted = (xt, Stats.from_buffer(head, getattr(loss_only, "last_max", None) if rep.want_max else None))
-                mu = max(mu * o.lm_decrease, MU_MIN)
+                accepted = (x + delta, Stats.from_buffer(head, getattr(loss_only, "last_max", None) if rep.want_max else None))
+                # predicted decrease of ½‖r + Jδ‖² with (JᵀJ + μI)δ = −g: ½ (μ‖δ‖² − g·δ) > 0
+                rho = (loss - trial) / max(0.5 * (mu * float(delta @ delta) - float(g @ delta)), 1e-300)
+                if rho > 0.75:
+                    mu = max(mu * o.lm_decrease, MU_MIN)
+                elif rho < 0.25:
+                    mu *= o.lm_increase
                 break
+            rejected += 1
             mu *= o.lm_increase
         if accepted is None:
             stop = f"no step lowers the loss any more (damping above {MU_MAX:g})"
@@ -90,7 +99,7 @@ def run_lm(
         state["lm_damping"] = mu  # before accept(): its checkpoint must carry the new μ
         x = accepted[0]
         done += 1
-        if rep.accept(x, accepted[1]):
+        if rep.accept(x, accepted[1], {"lm_damping": mu, "lm_rejected": rejected}):
             break
     if rep.conv:
         msg = f"converged after {rep.it} iterations: {rep.msg}"
