@@ -464,7 +464,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         if anneal_state is not None:
             check_signal("anneal", it0, x, anneal_state.extra, anneal_state.arrays)
         else:
-            check_signal(stage, it0, x)
+            check_signal(stage, it0, x, dict(opt_state))  # keeps a resumed LM damping
         if stage == "anneal":
             x = anneal(loss_only, x, cfg.anneal, log, resume=anneal_state,
                        on_update=lambda step, extra, arrays: check_signal("anneal", step, arrays["best"], extra, arrays),
