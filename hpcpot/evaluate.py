@@ -3,14 +3,19 @@
 Reports, against the reference energies (eV) and forces (eV/Å) of every image:
 
 * energy per atom: RMSE, MAE and the largest residual (meV/atom), with the image it is in;
-* forces: RMSE, MAE per component and the largest one (eV/Å), with image and atom;
+* forces: RMSE, MAE per component and the largest one (eV/Å), with image and atom, overall
+  and per element;
+* stress, where the reference data carries it (ASE's convention): RMSE and MAE per
+  component (GPa), over the periodic images that have one;
 * extrapolation: the share of atoms with a fingerprint outside the training range (the
   model was not fitted there, so large errors are likely).
 
 Images go through in chunks (fingerprints, derivatives and the networks of one chunk at a
 time), so memory stays bounded on big sets.  ``--parity PREFIX`` writes
 ``PREFIX-energies.csv`` (one row per image) and, with forces, ``PREFIX-forces.csv`` (one row
-per atom) for parity plots; existing files are never overwritten without ``--overwrite``.
+per atom) for parity plots; ``--plot PREFIX`` draws them (energy and force parity plots,
+error histograms; needs matplotlib: ``pip install 'hpcpot[plot]'``).  Existing files are
+never overwritten without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -24,9 +29,6 @@ from dataclasses import asdict, dataclass
 from . import _threads  # noqa: F401  (before numpy: one BLAS thread)
 
 import numpy as np  # noqa: E402
-
-# atoms whose scaled fingerprints leave [-1, 1] by more than this count as extrapolated
-EXTRAPOLATION_MARGIN = 1e-6
 
 
 @dataclass
@@ -44,6 +46,11 @@ class Report:
     force_max_ev_per_a: float | None
     force_max_where: str | None
     extrapolated_atoms_percent: float
+    # per element symbol: {"atoms", "rmse_ev_per_a", "mae_ev_per_a", "max_ev_per_a"} (forces)
+    force_per_element: dict | None = None
+    stress_images: int = 0  # images with a reference stress (periodic ones only)
+    stress_rmse_gpa: float | None = None
+    stress_mae_gpa: float | None = None
 
 
 def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
@@ -55,9 +62,14 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
     from .potential.predict import Batch
 
     with_forces = with_forces and st.forces is not None
+    # stress comes from the same derivatives as the forces, for images with a reference one
+    has_stress = np.zeros(st.n_images, bool)
+    vol = np.abs(np.linalg.det(st.cells)) if len(st.cells) else np.zeros(0)
+    if with_forces and st.stress is not None:
+        has_stress = np.isfinite(st.stress).all(axis=1) & st.pbc.any(axis=1) & (vol > 1e-12)
+    S = np.full((st.n_images, 6), np.nan)
     m = model
     tables = m.sf.block_tables()
-    rng = m.gmax - m.gmin
     E = np.empty(st.n_images)
     F = np.empty((len(st.species), 3)) if with_forces else None
     outside = np.zeros(len(st.species), bool)
@@ -66,16 +78,17 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
         hi = min(st.n_images, lo + chunk)
         sub = st.slice(lo, hi)
         a0, a1 = st.atom_ptr[lo], st.atom_ptr[hi]
-        fp, blocks = compute_fingerprints(sub, m.sf, with_derivs=with_forces)
+        want_s = bool(has_stress[lo:hi].any())
+        fp, blocks = compute_fingerprints(sub, m.sf, with_derivs=with_forces, with_virial=want_s)
         prob = Batch(sub, fp, blocks, m.layout, m.gmin, m.gmax, tables, with_forces)
         e, f = prob.predict(m.params)
         E[lo:hi] = e
+        if want_s:
+            S[lo:hi] = prob.virials() / np.where(vol[lo:hi] > 1e-12, vol[lo:hi], 1.0)[:, None]  # has_stress rows used
         if with_forces:
             F[a0:a1] = f
-        # scaled x = 2 (G - Gmin)/(Gmax - Gmin) - 1 per element; outside [-1, 1]: extrapolation
-        lo_b, hi_b = m.gmin[sub.species], m.gmax[sub.species]
-        tol = EXTRAPOLATION_MARGIN * np.where(rng[sub.species] > 0, rng[sub.species], 1.0)
-        outside[a0:a1] = ((fp < lo_b - tol) | (fp > hi_b + tol)).any(axis=1)
+        # scaled inputs outside [-1, 1]: extrapolation (the calculator's test, too)
+        outside[a0:a1] = m.outside_range(fp, sub.species).any(axis=1)
         if log is not None and st.n_images > chunk:
             el = time.perf_counter() - t0
             log(f"  evaluated {hi}/{st.n_images} images, {el:.1f} s elapsed, ~{el / hi * (st.n_images - hi):.1f} s left")
@@ -98,8 +111,28 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
             force_rmse_ev_per_a=float(np.sqrt(np.mean(dF**2))), force_mae_ev_per_a=float(np.mean(np.abs(dF))),
             force_max_ev_per_a=float(abs(dF[a, x])),
             force_max_where=f"{st.sources[img]}, atom {a - st.atom_ptr[img]}, {'xyz'[x]}",
+            force_per_element=per_element_force_errors(dF, st.species, st.elements),
         )  # fmt: skip
+    if has_stress.any():
+        from ase.units import GPa
+
+        dS = (S[has_stress] - st.stress[has_stress]) / GPa
+        fields.update(stress_images=int(has_stress.sum()), stress_rmse_gpa=float(np.sqrt(np.mean(dS**2))),
+                      stress_mae_gpa=float(np.mean(np.abs(dS))))  # fmt: skip
     return Report(**fields), E, F
+
+
+def per_element_force_errors(dF: np.ndarray, species: np.ndarray, elements) -> dict:
+    """Force errors by element of the atom: ``{symbol: {atoms, rmse_ev_per_a, mae_ev_per_a,
+    max_ev_per_a}}`` over the components of ``dF`` (n_atoms, 3) in eV/Å; elements absent
+    from the data are left out."""
+    out = {}
+    for e, el in enumerate(elements):
+        d = dF[species == e]
+        if len(d):
+            out[el] = {"atoms": len(d), "rmse_ev_per_a": float(np.sqrt(np.mean(d**2))),
+                       "mae_ev_per_a": float(np.mean(np.abs(d))), "max_ev_per_a": float(np.abs(d).max())}  # fmt: skip
+    return out
 
 
 def _parity_paths(prefix: str, with_forces: bool) -> list[str]:
@@ -135,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-forces", action="store_true", help="energies only (data without forces)")
     ap.add_argument("--chunk", type=int, default=500, help="images per chunk (memory bound; default 500)")
     ap.add_argument("--parity", metavar="PREFIX", help="write PREFIX-energies.csv and PREFIX-forces.csv")
+    ap.add_argument("--plot", metavar="PREFIX",
+                    help="draw PREFIX-energy-parity.png, PREFIX-force-parity.png, PREFIX-errors.png (needs matplotlib)")
     ap.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    ap.add_argument("--overwrite", action="store_true", help="replace existing --parity/--json files")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing --parity/--plot/--json files")
     a = ap.parse_args(argv)
     from .errors import DataError
     from .files import refuse_existing
@@ -149,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.model}: cannot load the model: {exc}", file=sys.stderr)
         return 2
     outputs = ([a.json] if a.json else []) + (_parity_paths(a.parity, not a.no_forces) if a.parity else [])
+    if a.plot:
+        from .plot import PlotUnavailable, parity_paths, require_matplotlib
+
+        try:  # before any work, like the refusal below
+            require_matplotlib()
+        except PlotUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        outputs += parity_paths(a.plot, not a.no_forces)
     try:  # before any work: a refusal after minutes of evaluation would waste them
         refuse_existing(outputs, a.overwrite)
     except FileExistsError as exc:
@@ -167,9 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     if rep.force_rmse_ev_per_a is not None:
         print(f"forces: RMSE {rep.force_rmse_ev_per_a:.4f} eV/Å, MAE {rep.force_mae_ev_per_a:.4f} eV/Å, "
               f"max {rep.force_max_ev_per_a:.4f} eV/Å ({rep.force_max_where})")  # fmt: skip
+        for el, d in (rep.force_per_element or {}).items():
+            print(f"  {el:>2} ({d['atoms']} atoms): RMSE {d['rmse_ev_per_a']:.4f} eV/Å, MAE {d['mae_ev_per_a']:.4f} eV/Å, "
+                  f"max {d['max_ev_per_a']:.4f} eV/Å")  # fmt: skip
+    if rep.stress_images:
+        print(f"stress ({rep.stress_images} images with a reference stress): RMSE {rep.stress_rmse_gpa:.4f} GPa, "
+              f"MAE {rep.stress_mae_gpa:.4f} GPa")  # fmt: skip
     print(f"extrapolation: {rep.extrapolated_atoms_percent:.2f}% of atoms have a fingerprint outside the training range")
     if a.parity:
         for path in _write_parity(a.parity, st, E, F):
+            print(f"wrote {path}")
+    if a.plot:
+        from .plot import parity_plots
+
+        for path in parity_plots(a.plot, st, E, F):
             print(f"wrote {path}")
     if a.json:
         from .files import atomic_write_bytes

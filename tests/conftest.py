@@ -7,6 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+# one BLAS thread, as the command-line tools: on the shared 2-core machines a threaded 3x3
+# solve spins, and ASE's cell filter does many (5x slower measured)
+import hpcpot._threads  # noqa: F401
 import numpy as np
 import pytest
 
@@ -100,3 +103,28 @@ def wait_for_lines(p, path: Path, n: int, what: str = "log lines") -> None:
             pytest.fail(f"the run ended before writing {n} {what}: {p.communicate()}")
         assert time.time() - t < 600, f"no progress to {n} {what} in 600 s"
         time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def fitted_model():
+    """(Model, Structures): a small model fitted in-process (L-BFGS-B, ~1 s) to every 15th
+    reference image, with the fingerprint ranges of those images: smooth and physical enough
+    for MD, cell relaxation and extrapolation tests."""
+    from scipy.optimize import minimize
+
+    from hpcpot.potential.fingerprints import compute_fingerprints
+    from hpcpot.potential.modelfile import Model
+    from hpcpot.training.config import FingerprintConfig
+    from hpcpot.training.data import read_structures
+    from hpcpot.training.descriptors import symmetry_functions
+
+    st, _ = read_structures([str(need(REF))], need_forces=True, index="::15")
+    prob, p, lay = small_problem(st, alpha=0.04, hidden=(10, 10))
+    res = minimize(lambda x: (lambda b: (b[0], b[5:].copy()))(prob.evaluate(x)), p, jac=True,
+                   method="L-BFGS-B", options={"maxiter": 400})  # fmt: skip
+    sf = symmetry_functions(FingerprintConfig(), list(st.elements))
+    G, _ = compute_fingerprints(st, sf, with_derivs=False)
+    ne = len(st.elements)
+    gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
+    gmax = np.stack([G[st.species == e].max(0) for e in range(ne)])
+    return Model(sf, lay, res.x, gmin, gmax), st

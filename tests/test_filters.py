@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, REF, ROOT, need
+from conftest import DATA, MPIEXEC, REF, ROOT, need
 
 from hpcpot.parallel import SerialComm
 from hpcpot.training.config import ConfigError, parse_config
@@ -50,6 +50,7 @@ def files(tmp_path_factory):
 
 
 def _expected(images, e_limit: float, f_limit: float):
+    # one composition throughout: fitted references shift every E/N alike
     epa = np.array([a.calc.results["energy"] / len(a) for a in images])
     fmax = np.array([np.linalg.norm(a.calc.results["forces"], axis=1).max() for a in images])
     drop = (epa - epa.min() > e_limit if e_limit > 0 else False) | (fmax > f_limit if f_limit > 0 else False)
@@ -73,14 +74,27 @@ def test_filters_drop_exactly_the_images_beyond_the_limits(files, fmt, e_limit, 
             assert value > e_limit and k in HIGH_E
 
 
-def test_reference_energies_change_what_is_lowest(files):
-    """With a reference for Pt, the comparison is on (E - n_Pt E_Pt)/N: same composition
-    everywhere here, so it shifts every image alike and drops the same ones."""
+def test_reference_energies_given_or_fitted(files):
+    """Given references: (E − Σ E_ref)/N exactly; without: least-squares references, which
+    for one composition shift every image alike and so drop the same images."""
+    images = _images()
     im = ImageSet.open([str(files["extxyz"])])
-    a = apply_filters(SerialComm(), im, 1.0, 0.0, {}, False)
-    b = apply_filters(SerialComm(), im, 1.0, 0.0, {"Pt": -3.0, "O": -1.0}, False)
-    np.testing.assert_array_equal(a.kept, b.kept)
-    assert b.lowest == pytest.approx(a.lowest + (12 * 3.0 + 2 * 1.0) / 14)
+    fitted = apply_filters(SerialComm(), im, 1.0, 0.0, {}, False)
+    given = apply_filters(SerialComm(), im, 1.0, 0.0, {"Pt": -3.0, "O": -1.0}, False)
+    np.testing.assert_array_equal(fitted.kept, given.kept)
+    epa = np.array([(a.calc.results["energy"] + 12 * 3.0 + 2 * 1.0) / 14 for a in images])
+    assert given.lowest == pytest.approx(epa.min(), abs=1e-12)
+    assert given.references == {"O": -1.0, "Pt": -3.0}
+    assert set(fitted.references) == {"O", "Pt"}
+
+
+@pytest.mark.slow
+def test_tio2_within_2_ev_per_atom_keeps_6885_images():
+    """The shared data's own figure: compositions differ (E/N alone spans 66 eV/atom), and
+    with fitted per-element references 6885 of the 7815 TiO2 images are within 2 eV/atom."""
+    im = ImageSet.open([str(need(DATA / "tio2_aenet_pbe.extxyz.gz"))], need_forces=False)
+    res = apply_filters(SerialComm(), im, 2.0, 0.0, {}, False)
+    assert len(res.kept) == 6885 and len(res.dropped) == 7815 - 6885
 
 
 def test_filter_keys_are_validated():
@@ -120,8 +134,9 @@ dir = "out"
     assert p.returncode == 0, p.stderr[-3000:]
     kept = _expected(_images(), 1.0, 20.0)
     lines = [x for x in p.stdout.splitlines() if x.startswith("filters: kept")]
-    assert lines == [f"filters: kept {len(kept)} of 48 training-file images; dropped 2 more than 1 eV/atom above the "
-                     f"lowest ({lines[0].split('(')[1].split(')')[0]}) and 3 with a force above 20 eV/Å"], p.stdout
+    assert len(lines) == 1 and lines[0].startswith(f"filters: kept {len(kept)} of 48 training-file images; dropped 2 "
+                                                   "more than 1 eV/atom above the lowest ("), p.stdout
+    assert lines[0].endswith(" eV) and 3 with a force above 20 eV/Å"), lines
     assert f"  {files['traj']}: 5 dropped" in p.stdout
     n_val = int(round(0.25 * len(kept)))
     assert f"data: {len(kept) - n_val} training and {n_val} validation images" in p.stdout

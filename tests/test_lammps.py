@@ -240,17 +240,9 @@ NAMES = ["slab", "triclinic", "small_cell", "molecule"]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_energy_and_forces_equal_calculator_serial(serial, models, frames, name):
-    r = serial[name]
-    E, F = reference(models["tanh"], frames[name][0])
-    assert abs(r["energy"] - E) <= 1e-8
-    assert np.abs(np.array(r["forces"]) - F).max() <= 1e-7
-
-
-@pytest.mark.mpi
-@pytest.mark.parametrize("name", NAMES)
-def test_energy_and_forces_equal_calculator_two_ranks(two_ranks, models, frames, name):
-    r = two_ranks[name]
+@pytest.mark.parametrize("run", ["serial", pytest.param("two_ranks", marks=pytest.mark.mpi)])
+def test_energy_and_forces_equal_calculator(request, run, models, frames, name):
+    r = request.getfixturevalue(run)[name]
     E, F = reference(models["tanh"], frames[name][0])
     assert abs(r["energy"] - E) <= 1e-8
     assert np.abs(np.array(r["forces"]) - F).max() <= 1e-7

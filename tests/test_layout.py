@@ -29,15 +29,20 @@ def _imports(path: Path) -> set[str]:
 FORBIDDEN_FOR_POTENTIAL = ("hpcpot.training", "hpcpot.parallel", "hpcpot.config", "mpi4py")
 
 
-def test_potential_imports_nothing_from_training_mpi_or_config():
-    files = sorted((PKG / "potential").glob("*.py"))
-    assert len(files) >= 7
-    bad = [
+def _forbidden_imports(folder: str) -> list[str]:
+    files = sorted((PKG / folder).glob("*.py"))
+    assert len(files) >= 3, files
+    return [
         f"{f.name} imports {m}"
         for f in files
         for m in sorted(_imports(f))
         if any(m == p or m.startswith(p + ".") for p in FORBIDDEN_FOR_POTENTIAL)
     ]
+
+
+def test_potential_imports_nothing_from_training_mpi_or_config():
+    assert len(list((PKG / "potential").glob("*.py"))) >= 7
+    bad = _forbidden_imports("potential")
     assert not bad, bad
 
 
@@ -58,12 +63,5 @@ def test_import_scanner_sees_relative_imports():
 
 def test_lammps_package_imports_nothing_from_training_mpi_or_config():
     """pair_style hpcpot's build and runtime helpers belong to the potential half too."""
-    files = sorted((PKG / "lammps").glob("*.py"))
-    assert len(files) >= 3
-    bad = [
-        f"{f.name} imports {m}"
-        for f in files
-        for m in sorted(_imports(f))
-        if any(m == p or m.startswith(p + ".") for p in FORBIDDEN_FOR_POTENTIAL)
-    ]
+    bad = _forbidden_imports("lammps")
     assert not bad, bad

@@ -46,7 +46,7 @@ def _train(cfg: str, *args) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", ["lbfgsb", "bfgs", "cg"])
+@pytest.mark.parametrize("method", ["lbfgsb", "lbfgs", "bfgs", "cg"])
 def test_every_method_lowers_the_loss_and_keeps_the_best_validation_model(tmp_path, method):
     _train(_cfg(tmp_path, method, 25))
     out = tmp_path / "out"

@@ -49,10 +49,15 @@ class DerivativeBlocks:
     ptr: np.ndarray  # int64 (n_pairs + 1,)
     values: np.ndarray  # float64 or float32 (total,)
     image_ptr: np.ndarray  # int64 (n_images + 1,)
+    # (n_atoms, n_max, 6) float64 with ``with_virial``: W[i, f] = Σ_q ∂G_if/∂D_q ⊗ D_q over
+    # i's neighbour vectors D_q (periodic images kept apart), Voigt order xx yy zz yz xz xy.
+    # Contracted with ∂E/∂G it gives the virial ∂E/∂ε (eV), which the folded values cannot.
+    virial: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.centre, self.partner, self.kind, self.ptr, self.values, self.image_ptr))
+        arrs = (self.centre, self.partner, self.kind, self.ptr, self.values, self.image_ptr, self.virial)
+        return sum(a.nbytes for a in arrs if a is not None)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -76,14 +81,27 @@ def _cos_sinc(y):
     return c, s
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _add_virial(W, i, f, gx, gy, gz, dx, dy, dz):
+    """W[i, f] += g ⊗ D in Voigt order (xx, yy, zz, yz, xz, xy)."""
+    W[i, f, 0] += gx * dx
+    W[i, f, 1] += gy * dy
+    W[i, f, 2] += gz * dz
+    W[i, f, 3] += gy * dz
+    W[i, f, 4] += gx * dz
+    W[i, f, 5] += gx * dy
+
+
 @njit(cache=True, fastmath=True)
 def _fingerprint_kernel(
     species, nbr_ptr, nbr_j, nbr_D, rc,
     g2, g2_el, n_g2, g4, g4_list, g4_nlist, n_g4,
     pair_ptr, partner, kind, dptr, sub_idx, sub_len,
-    G, dvals, with_derivs,
+    G, dvals, with_derivs, W, with_virial,
 ):  # fmt: skip
-    """Fill G (n, nmax) and, if with_derivs, dvals for atoms 0..n-1 of a chunk.
+    """Fill G (n, nmax) and, if with_derivs, dvals for atoms 0..n-1 of a chunk; if also
+    with_virial, W (n, nmax, 6): W[i, f] = Σ_q ∂G_if/∂D_q ⊗ D_q in Voigt order (xx, yy, zz,
+    yz, xz, xy), dimensionless (the per-function virial; symmetric since G is rotation invariant).
 
     nbr_* is a full neighbour list sorted by centre (j are chunk atom indices, D = r_j + S - r_i).
     """
@@ -126,6 +144,10 @@ def _fingerprint_kernel(
         si = slot_of[i]
         for f in range(nmax):
             G[i, f] = 0.0
+        if with_virial:
+            for f in range(nmax):
+                for v in range(6):
+                    W[i, f, v] = 0.0
         for q in range(nn):
             dx = nbr_D[a + q, 0]
             dy = nbr_D[a + q, 1]
@@ -162,6 +184,10 @@ def _fingerprint_kernel(
                         gx = dt * nbr_D[a + q, x]
                         dbuf[sj, k, x] += gx
                         dbuf[si, k, x] -= gx
+                    if with_virial:
+                        # ∂G/∂D = dt·D, so the virial is dt·D⊗D
+                        _add_virial(W, i, k, dt * nbr_D[a + q, 0], dt * nbr_D[a + q, 1], dt * nbr_D[a + q, 2],
+                                    nbr_D[a + q, 0], nbr_D[a + q, 1], nbr_D[a + q, 2])  # fmt: skip
         # ---- G4
         ng2c = n_g2[c]
         for q in range(nn):
@@ -253,6 +279,9 @@ def _fingerprint_kernel(
                     dbuf[si, f, 0] -= gx_ij + gx_ik
                     dbuf[si, f, 1] -= gy_ij + gy_ik
                     dbuf[si, f, 2] -= gz_ij + gz_ik
+                    if with_virial:
+                        _add_virial(W, i, f, gx_ij, gy_ij, gz_ij, dijx, dijy, dijz)
+                        _add_virial(W, i, f, gx_ik, gy_ik, gz_ik, dikx, diky, dikz)
         if with_derivs:
             for p in range(npair):
                 kd = kind[p0 + p]
@@ -348,13 +377,16 @@ def compute_fingerprints(
     dtype=np.float64,
     chunk_pairs: int = 300_000,
     progress=None,
+    with_virial: bool = False,
 ) -> tuple[np.ndarray, DerivativeBlocks | None]:
     """Fingerprints of every atom of ``st`` (a :class:`hpcpot.potential.structures.Structures`).
 
     Returns ``G`` (n_atoms, n_max) in the order of ``sf`` (unused trailing columns of an
     element with fewer functions are 0) and, if ``with_derivs``, the sparse derivatives
-    (``dtype`` float64 or float32).  ``progress(done_images)`` is called after each chunk.
+    (``dtype`` float64 or float32), with ``with_virial`` also their per-function virials
+    (``DerivativeBlocks.virial``, for stress).  ``progress(done_images)`` is called after each chunk.
     """
+    with_virial = with_virial and with_derivs
     if tuple(st.elements) != tuple(sf.elements):
         raise ValueError(f"structures number species by {st.elements}, the fingerprint set by {sf.elements}")
     n_el = len(sf.elements)
@@ -362,6 +394,7 @@ def compute_fingerprints(
     g4_list, g4_nlist = sf.g4_pair_tables()
     na = len(st.species)
     G = np.zeros((na, sf.n_max))
+    W = np.zeros((na if with_virial else 0, sf.n_max, 6))
     cen_l, par_l, kind_l, len_l, val_l = [], [], [], [], []
     img_pairs = np.zeros(st.n_images, np.int64)
     lo = 0
@@ -396,7 +429,7 @@ def compute_fingerprints(
             sp, nbr_ptr, nj, nD, sf.cutoff,
             sf.g2, sf.g2_el, sf.n_g2, sf.g4, g4_list, g4_nlist, sf.n_g4,
             pair_ptr, partner, kind, dptr, sub_idx, sub_len,
-            G[a0:a1], dvals, with_derivs,
+            G[a0:a1], dvals, with_derivs, W[a0:a1] if with_virial else W, with_virial,
         )  # fmt: skip
         if with_derivs:
             cen_l.append((centre + a0).astype(np.int32))
@@ -425,6 +458,7 @@ def compute_fingerprints(
         ptr,
         cat(val_l) if val_l else np.zeros(0, dtype),
         image_ptr,
+        W if with_virial else None,
     )
     return G, blocks
 

@@ -20,6 +20,11 @@ from .symmetry import SymmetryFunctions
 
 FORMAT = "hpcpot-model-1"
 
+# a fingerprint counts as outside the training range when it leaves [min, max] by more than
+# this share of the range (absolute, for a function constant in training): rounding is not
+# extrapolation
+EXTRAPOLATION_MARGIN = 1e-6
+
 
 @dataclass
 class Model:
@@ -66,6 +71,15 @@ class Model:
             gmin[e, :n] = d["scaling"][el]["min"]
             gmax[e, :n] = d["scaling"][el]["max"]
         return cls(sf, layout, params, gmin, gmax)
+
+    def outside_range(self, fp: np.ndarray, species: np.ndarray) -> np.ndarray:
+        """Which fingerprint components lie outside the training range: bool (n_atoms, n_max)
+        for unscaled fingerprints ``fp`` (n_atoms, n_max) of atoms of element indices ``species``
+        (their scaled inputs leave [-1, 1]: the networks extrapolate)."""
+        lo, hi = self.gmin[species], self.gmax[species]
+        rng = hi - lo
+        tol = EXTRAPOLATION_MARGIN * np.where(rng > 0, rng, 1.0)
+        return (fp < lo - tol) | (fp > hi + tol)
 
     def save(self, path: str, overwrite: bool = False) -> None:
         refuse_existing([path], overwrite)

@@ -229,3 +229,17 @@ class Batch:
         # with F_ref = 0 and weight 1 the kernel leaves F̂ itself in Fhat
         self._forces_and_v(np.zeros_like(self.Fhat), np.ones(self.n_images), sq, mx)
         return Ehat, self.Fhat.copy()
+
+    def virials(self) -> np.ndarray:
+        """∂Ê/∂ε per image (n_images, 6) in eV, Voigt order xx yy zz yz xz xy, for a
+        homogeneous strain r -> (1 + ε) r of positions and cell (stress = this / volume, as
+        ASE defines it).  Call after :meth:`predict` (it reuses the input gradients ``g``);
+        needs fingerprints computed ``with_virial``.
+        """
+        if not self.with_forces or self.blocks is None or self.blocks.virial is None:
+            raise ValueError("virials need derivatives computed with_virial=True")
+        # ∂E/∂G_f of each atom = g_f * (scaling factor of f): the virial blocks are unscaled
+        dEdG = self.g[self.row] * self.factor[self.species]
+        per_atom = np.einsum("af,afv->av", dEdG, self.blocks.virial)
+        img = np.repeat(np.arange(self.n_images), self.st.n_atoms)
+        return np.stack([np.bincount(img, weights=per_atom[:, v], minlength=self.n_images) for v in range(6)], axis=1)

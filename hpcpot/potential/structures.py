@@ -31,6 +31,9 @@ class Structures:
     energy: np.ndarray  # float64 (n_images,)
     forces: np.ndarray | None  # float64 (n_atoms, 3)
     sources: list[str] = field(default_factory=list)  # "file:index" per image
+    # reference stress (n_images, 6) in eV/Å³, ASE's Voigt order and sign, NaN rows for images
+    # without one; None when no image has one (only hpcpot.evaluate reads it)
+    stress: np.ndarray | None = None
 
     @property
     def n_images(self) -> int:
@@ -47,6 +50,7 @@ class Structures:
             self.elements, self.species[a0:a1], self.positions[a0:a1], self.cells[lo:hi], self.pbc[lo:hi],
             self.atom_ptr[lo : hi + 1] - a0, self.energy[lo:hi],
             None if self.forces is None else self.forces[a0:a1], self.sources[lo:hi],
+            None if self.stress is None else self.stress[lo:hi],
         )  # fmt: skip
 
     def subset(self, idx: np.ndarray) -> Structures:
@@ -70,6 +74,7 @@ class Structures:
             self.energy[idx],
             None if self.forces is None else self.forces[rows],
             [self.sources[k] for k in idx],
+            None if self.stress is None else self.stress[idx],
         )
 
 
@@ -96,6 +101,7 @@ def concat_structures(parts: list[Structures], elements: tuple[str, ...]) -> Str
     """Join Structures (possibly with different element tuples) under ``elements``."""
     sp, pos, cells, pbc, nat, en, fr, src = [], [], [], [], [], [], [], []
     with_f = all(p.forces is not None for p in parts)
+    with_s = any(p.stress is not None for p in parts)
     for p in parts:
         missing = sorted(set(p.elements) - set(elements))
         if missing:
@@ -112,6 +118,7 @@ def concat_structures(parts: list[Structures], elements: tuple[str, ...]) -> Str
         if with_f:
             fr.append(p.forces)
         src.extend(p.sources)
+    stress = [p.stress if p.stress is not None else np.full((p.n_images, 6), np.nan) for p in parts]
     cat = np.concatenate
     n = cat(nat) if nat else np.zeros(0, np.int64)
     ptr = np.zeros(len(n) + 1, np.int64)
@@ -126,4 +133,5 @@ def concat_structures(parts: list[Structures], elements: tuple[str, ...]) -> Str
         cat(en) if en else np.zeros(0),
         (cat(fr) if fr else np.zeros((0, 3))) if with_f else None,
         src,
+        cat(stress) if with_s else None,
     )

@@ -93,6 +93,18 @@ class SymmetryFunctions:
             out["functions"][el] = fs
         return out
 
+    def label(self, c: int, f: int) -> str:
+        """Short name of function ``f`` of element ``c``, e.g. ``Pt G2[3](O, eta=4, Rs=0)``
+        (``[3]``: the component index ``f``)."""
+        el = self.elements
+        if f < self.n_g2[c]:
+            eta, rs = self.g2[c, f]
+            return f"{el[c]} G2[{f}]({el[self.g2_el[c, f]]}, eta={eta:g}, Rs={rs:g})"
+        k = f - self.n_g2[c]
+        eta, zeta, gamma = self.g4[c, k]
+        e1, e2 = self.g4_el[c, k]
+        return f"{el[c]} G4[{f}]({el[e1]}-{el[e2]}, eta={eta:g}, zeta={zeta:g}, gamma={gamma:+g})"
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SymmetryFunctions:
         els = tuple(d["elements"])

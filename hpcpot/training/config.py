@@ -33,7 +33,9 @@ class DataConfig:
     validation_values: list[str] = field(default_factory=list)  # with split_key: these values are validation, the rest training
     index: str = ":"  # ASE index applied to each file
     # filters, applied before the split (0 = off); dropped images are listed in OUTDIR/filtered.tsv
-    max_energy_above_min: float = 0.0  # eV/atom above the lowest energy per atom of the training files
+    # eV/atom above the lowest energy per atom of the training files, after per-element
+    # reference energies (reference_energies, else fitted by least squares)
+    max_energy_above_min: float = 0.0
     max_force: float = 0.0  # eV/Å: largest atomic force |F_i| of an image
     reference_energies: dict[str, float] = field(default_factory=dict)  # eV per atom of each element
 
@@ -81,7 +83,9 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    method: str = "lbfgsb"  # "lbfgsb", "bfgs", "cg" (nonlinear conjugate gradient) or "lm" (Levenberg–Marquardt)
+    # "lbfgsb" (scipy's), "lbfgs" (hpcpot's: same method, microseconds per step on rank 0),
+    # "bfgs", "cg" (nonlinear conjugate gradient) or "lm" (Levenberg–Marquardt)
+    method: str = "lbfgsb"
     max_iterations: int = 1000
     history: int = 50  # L-BFGS-B memory (scipy's maxcor); 50 beat 10 on Mo DFT data (README)
     # Levenberg–Marquardt: (JᵀJ + μ I) δ = −Jᵀr; μ is multiplied by lm_decrease after a step
@@ -163,7 +167,7 @@ _CHOICES = {
     ("fingerprints", "preset"): ("default", "amp", "auto"),
     ("fingerprints", "storage"): ("float64", "float32", "recompute"),
     ("model", "activation"): ("tanh", "sigmoid", "linear"),
-    ("optimizer", "method"): ("lbfgsb", "bfgs", "cg", "lm"),
+    ("optimizer", "method"): ("lbfgsb", "lbfgs", "bfgs", "cg", "lm"),
     ("convergence", "on"): ("train", "validation"),
 }
 

@@ -144,6 +144,7 @@ def atoms_to_structures(
     ``elements``: the model's elements (others are an error); None: those present, sorted.
     """
     symbols_l, pos_l, cells, pbcs, nat, energies, forces_l, sources = [], [], [], [], [], [], [], []
+    stress_l = []
     for atoms, src in items:
         e, f = check_image(atoms, src, need_forces, elements)
         symbols_l.append(np.asarray(atoms.get_chemical_symbols()))
@@ -155,6 +156,7 @@ def atoms_to_structures(
         if need_forces:
             forces_l.append(f)
         sources.append(src)
+        stress_l.append(_stored_stress(atoms))
     symbols = np.concatenate(symbols_l) if symbols_l else np.zeros(0, "<U2")
     els = tuple(sorted(set(symbols.tolist()))) if elements is None else tuple(elements)
     species = species_indices(symbols, els)
@@ -170,7 +172,21 @@ def atoms_to_structures(
         np.array(energies, float),
         (np.concatenate(forces_l) if forces_l else np.zeros((0, 3))) if need_forces else None,
         sources,
+        np.array(stress_l) if any(np.isfinite(s).all() for s in stress_l) else None,
     )
+
+
+def _stored_stress(atoms) -> np.ndarray:
+    """The image's reference stress (6,) in eV/Å³, ASE Voigt order, or NaNs when it has none
+    (read from the stored results only: never computed)."""
+    res = getattr(atoms.calc, "results", None) or {}
+    s = res.get("stress")
+    if s is None:
+        return np.full(6, np.nan)
+    s = np.asarray(s, float)
+    if s.shape == (3, 3):
+        s = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    return s if s.shape == (6,) else np.full(6, np.nan)
 
 
 def read_structures(

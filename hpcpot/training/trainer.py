@@ -196,7 +196,8 @@ def _filtered(comm: SerialComm, cfg: Config, images: ImageSet, vimages: ImageSet
     args = (d.max_energy_above_min, d.max_force, d.reference_energies, need_forces)
     try:
         res = apply_filters(comm, images, *args)
-        vres = apply_filters(comm, vimages, *args, lowest=res.lowest) if vimages is not None else None
+        vargs = (d.max_energy_above_min, d.max_force, res.references, need_forces)
+        vres = apply_filters(comm, vimages, *vargs, lowest=res.lowest) if vimages is not None else None
     except GlobalDataError as exc:
         raise GlobalError(str(exc)) from None
     for r, n, what in ((res, images.n, "training-file"), (vres, vimages.n if vimages else 0, "validation-file")):
@@ -205,7 +206,7 @@ def _filtered(comm: SerialComm, cfg: Config, images: ImageSet, vimages: ImageSet
                 log(line)
     if comm.rank == 0:
         path = os.path.join(cfg.output.dir, "filtered.tsv")
-        write_filtered(path, res if vres is None else FilterResult(res.kept, res.dropped + vres.dropped, res.lowest))
+        write_filtered(path, res if vres is None else FilterResult(res.kept, res.dropped + vres.dropped, res.lowest, res.references))
         log(f"filters: the dropped images are listed in {path} ({time.perf_counter() - t0:.1f} s)")
     return res.kept, (vres.kept if vres is not None else None)
 

@@ -236,6 +236,11 @@ def run_optimizer(
         if rep.accept(x, last["stats"]):
             raise StopIteration
 
+    if cfg.optimizer.method == "lbfgs":
+        from .lbfgs import minimize_lbfgs
+
+        res = minimize_lbfgs(fun, x0, cfg.optimizer.history, remaining, callback)
+        return _finish(rep, last, fun, res.x, res.message, best)
     if cfg.optimizer.method == "lbfgsb":
         opts = {"maxiter": remaining, "maxcor": cfg.optimizer.history, "ftol": 1e-15, "gtol": 1e-12, "maxfun": 10 * remaining + 100}
         method = "L-BFGS-B"
@@ -246,12 +251,17 @@ def run_optimizer(
         opts = {"maxiter": remaining, "gtol": 1e-12}
         method = "BFGS"
     res = scipy.optimize.minimize(fun, x0, jac=True, method=method, callback=callback, options=opts)
-    x = rep.x if rep.stats is not None else res.x
+    return _finish(rep, last, fun, res.x, res.message, best)
+
+
+def _finish(rep: Iterations, last: dict, fun, x_end: np.ndarray, message: str, best: Best) -> Result:
+    """The Result from the driver's state after a method returned."""
+    x = rep.x if rep.stats is not None else x_end
     if rep.stats is None:
         fun(x)
         rep.stats = last["stats"]
     if rep.conv:
         msg = f"converged after {rep.it} iterations: {rep.msg}"
     else:
-        msg = f"not converged after {rep.it} iterations ({res.message}); {rep.msg}"
+        msg = f"not converged after {rep.it} iterations ({message}); {rep.msg}"
     return Result(x, rep.it, rep.conv, msg, rep.stats, best)
