@@ -229,6 +229,7 @@ CMD_STOP = 0.0
 CMD_GRAD = 1.0  # train loss + gradient
 CMD_LOSS = 2.0  # train loss only
 CMD_VALID = 3.0  # validation loss/RMSE only
+CMD_EXTRA = 4.0  # the caller's extra evaluation (Levenberg–Marquardt's normal equations)
 FLAG_MAX = 10.0  # added to a command: also reduce the max residuals
 
 
@@ -240,23 +241,37 @@ class Evaluator:
     partial sums of ``train.evaluate`` / ``valid.evaluate`` (the caller's problems; this
     module only knows their buffer sizes) (plus one 2-value MAX
     reduction only when max residuals are asked for).
+
+    ``extra`` (optional): an object with ``buffer_size`` and ``evaluate(params, arg, out)``,
+    run by :data:`CMD_EXTRA` with its own buffer; ``arg`` is one number rank 0 sends along
+    (the iteration, say).  Its buffer is allocated only when given.
     """
 
-    def __init__(self, comm: SerialComm, train, valid, n_head: int):
+    def __init__(self, comm: SerialComm, train, valid, n_head: int, extra=None):
         self.comm = comm
         self.train = train
         self.valid = valid
+        self.extra = extra
         n = train.layout.n_params
-        self.cmd = np.zeros(1 + n)
+        self.cmd = np.zeros(2 + n)  # [command, arg, params...]
         self.n_head = n_head  # leading buffer entries a loss-only evaluation fills
         self.buf = np.zeros(train.buffer_size)
+        self.extra_buf = np.zeros(extra.buffer_size) if extra is not None else None
         self.timing = {"bcast": 0.0, "compute": 0.0, "allreduce": 0.0, "n": 0}
 
     def _run(self, cmd: float) -> np.ndarray:
         base = cmd % FLAG_MAX
         want_max = cmd >= FLAG_MAX
-        params = self.cmd[1:]
+        params = self.cmd[2:]
         t1 = time.perf_counter()
+        if base == CMD_EXTRA:
+            out = self.extra.evaluate(params, float(self.cmd[1]), self.extra_buf)
+            t2 = time.perf_counter()
+            self.comm.allreduce_sum(out)
+            self.timing["extra_compute"] = self.timing.get("extra_compute", 0.0) + t2 - t1
+            self.timing["extra_allreduce"] = self.timing.get("extra_allreduce", 0.0) + time.perf_counter() - t2
+            self.timing["extra_n"] = self.timing.get("extra_n", 0) + 1
+            return out
         if base == CMD_VALID:
             prob, with_grad = self.valid, False
         else:
@@ -278,10 +293,12 @@ class Evaluator:
             self.last_max = (float(mx[0]), float(mx[1]))
         return out
 
-    def evaluate(self, params: np.ndarray, cmd: float = CMD_GRAD, want_max: bool = False) -> np.ndarray:
-        """Rank 0: the reduced buffer ``[loss, ΣrE², n_img, ΣΔF², n_F, grad...]`` (a view)."""
+    def evaluate(self, params: np.ndarray, cmd: float = CMD_GRAD, want_max: bool = False, arg: float = 0.0) -> np.ndarray:
+        """Rank 0: the reduced buffer ``[loss, ΣrE², n_img, ΣΔF², n_F, grad...]`` (a view), or
+        the extra evaluation's buffer for :data:`CMD_EXTRA` (``arg`` is passed to it)."""
         self.cmd[0] = cmd + (FLAG_MAX if want_max else 0.0)
-        self.cmd[1:] = params
+        self.cmd[1] = arg
+        self.cmd[2:] = params
         t0 = time.perf_counter()
         self.comm.Bcast(self.cmd)
         self.timing["bcast"] += time.perf_counter() - t0

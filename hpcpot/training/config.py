@@ -84,10 +84,18 @@ class LossConfig:
 @dataclass
 class OptimizerConfig:
     # "lbfgsb" (scipy's), "lbfgs" (hpcpot's: same method, microseconds per step on rank 0),
-    # "bfgs" or "cg" (nonlinear conjugate gradient)
+    # "bfgs", "cg" (nonlinear conjugate gradient) or "lm" (Levenberg–Marquardt)
     method: str = "lbfgsb"
     max_iterations: int = 1000
     history: int = 50  # L-BFGS-B memory (scipy's maxcor); 50 beat 10 on Mo DFT data (README)
+    # Levenberg–Marquardt: (JᵀJ + μ I) δ = −Jᵀr; μ is multiplied by lm_decrease after a step
+    # the quadratic model predicted well (gain ratio > 0.75), by lm_increase after a rejected
+    # or poorly predicted one (< 0.25)
+    lm_damping: float = 1e-3  # initial μ (units of the loss per parameter²)
+    lm_increase: float = 10.0
+    lm_decrease: float = 0.3  # 0.1 made every other trial step fail (μ bounced 10x down, 10x up)
+    force_fraction: float = 1.0  # share of force components drawn into JᵀJ each iteration
+    lm_seed: int = 0  # seed of that draw
 
 
 @dataclass
@@ -159,7 +167,7 @@ _CHOICES = {
     ("fingerprints", "preset"): ("default", "amp", "auto"),
     ("fingerprints", "storage"): ("float64", "float32", "recompute"),
     ("model", "activation"): ("tanh", "sigmoid", "linear"),
-    ("optimizer", "method"): ("lbfgsb", "lbfgs", "bfgs", "cg"),
+    ("optimizer", "method"): ("lbfgsb", "lbfgs", "bfgs", "cg", "lm"),
     ("convergence", "on"): ("train", "validation"),
 }
 
@@ -266,6 +274,7 @@ def _check_ranges(cfg: Config, src: str) -> None:
         if sets.g4_gammas is not None and any(abs(g) > 1 for g in sets.g4_gammas):
             raise ConfigError(f"{src}: [{owner}] g4_gammas: every gamma must be in [-1, 1]")
     a = cfg.anneal
+    o = cfg.optimizer
     for key, ok, msg in (
         ("model.hidden", bool(cfg.model.hidden) and all(h > 0 for h in cfg.model.hidden),
          "need at least one hidden layer, all sizes positive"),
@@ -273,6 +282,10 @@ def _check_ranges(cfg: Config, src: str) -> None:
         ("parallel.memory_per_rank", cfg.parallel.memory_per_rank >= 0, "must be >= 0 (GiB; 0 = automatic)"),
         ("loss.force_coefficient", cfg.loss.force_coefficient >= 0, "must be >= 0"),
         ("optimizer.max_iterations", cfg.optimizer.max_iterations >= 0, "must be >= 0"),
+        ("optimizer.lm_damping", math.isfinite(o.lm_damping) and o.lm_damping > 0, "must be a finite number > 0"),
+        ("optimizer.lm_increase", math.isfinite(o.lm_increase) and o.lm_increase > 1, "must be a finite number > 1"),
+        ("optimizer.lm_decrease", 0 < o.lm_decrease < 1, "must be in (0, 1)"),
+        ("optimizer.force_fraction", 0 < o.force_fraction <= 1, "must be in (0, 1]"),
         ("anneal.tmax", not a.enabled or a.tmax > a.tmin > 0, "need tmax > tmin > 0"),
         ("anneal.steps", a.steps >= 1, "must be >= 1"),
         ("checkpoint.every", cfg.checkpoint.every >= 0, "must be >= 0"),

@@ -19,7 +19,7 @@ import numpy as np
 from .. import __version__
 from ..errors import DataError
 from ..files import atomic_write_bytes
-from ..parallel import CMD_LOSS, CMD_VALID, Evaluator, GlobalError, SerialComm, SignalFlag
+from ..parallel import CMD_EXTRA, CMD_LOSS, CMD_VALID, Evaluator, GlobalError, SerialComm, SignalFlag
 from ..potential.fingerprints import (
     CHUNK_NEIGHBOURS_PER_ATOM,
     CHUNK_PAIRS,
@@ -38,6 +38,7 @@ from .descriptors import describe, generated_set, symmetry_functions
 from .filters import FilterResult, GlobalDataError, apply_filters
 from .filters import report as filter_report
 from .filters import write_list as write_filtered
+from .jacobian import ROWS_PER_UPDATE, NormalEquations
 from .loss import N_HEAD, ShardProblem
 from .optimizers import Best, Interrupted, LogWriter, NonFiniteLoss, Stats, run_optimizer
 from .screening import screen
@@ -117,6 +118,12 @@ def fingerprint_transient(counts: np.ndarray, n_atoms: int, sf: SymmetryFunction
     _, sub_len = sf.block_tables()
     share = min(1.0, CHUNK_PAIRS / CHUNK_NEIGHBOURS_PER_ATOM / n_atoms)
     return share * float((counts * sub_len).sum()) * 3 * 8
+
+
+def lm_memory(n_params: int, rank: int) -> float:
+    """Bytes Levenberg–Marquardt adds on a rank: JᵀJ (P² doubles) and the Jacobian scratch;
+    rank 0 holds a second P² copy for the Cholesky factor."""
+    return 8.0 * (n_params * n_params * (2 if rank == 0 else 1) + (ROWS_PER_UPDATE + 2) * n_params)
 
 
 def node_memory_limit() -> float:
@@ -290,11 +297,24 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     need = (held + memory_forecast(c_t, len(st_t.species), sf, need_forces, itemsize)
             + memory_forecast(c_v, len(st_v.species), sf, need_forces, itemsize)
             + fingerprint_transient(c_t, len(st_t.species), sf, need_forces))  # fmt: skip
-    need_max = float(comm.allreduce_max(np.array([need]))[0])
+    lm = 0.0
+    if cfg.optimizer.method == "lm":
+        n_par = Layout(els, tuple(int(n) for n in sf.n_functions), tuple(cfg.model.hidden), cfg.model.activation).n_params
+        lm = lm_memory(n_par, comm.rank)
+    need_max = float(comm.allreduce_max(np.array([need + lm]))[0])
+    lm_max = float(comm.allreduce_max(np.array([lm]))[0])
     limit = cfg.parallel.memory_per_rank * 2**30 if cfg.parallel.memory_per_rank > 0 else _node_memory_per_rank(comm)
     limit = float(comm.allreduce_min(np.array([limit]))[0])
-    log(f"memory forecast: {need_max / 2**30:.3f} GiB peak on the busiest rank ({held / 2**30:.3f} GiB held by rank 0 now) "
+    lm_note = f", of which {lm_max / 2**30:.3f} GiB for Levenberg–Marquardt's JᵀJ" if lm_max else ""
+    log(f"memory forecast: {need_max / 2**30:.3f} GiB peak on the busiest rank{lm_note} ({held / 2**30:.3f} GiB held by rank 0 now) "
         f"(limit {limit / 2**30:.2f} GiB per rank; derivatives stored as {fp.storage})")  # fmt: skip
+    if lm_max and need_max > limit:
+        raise GlobalError(
+            f'[optimizer] method = "lm" needs ~{lm_max / 2**30:.2f} GiB per rank for JᵀJ ({n_par} parameters: P² '
+            f"doubles on every rank, twice on rank 0), ~{need_max / 2**30:.2f} GiB with the data, but "
+            f"{limit / 2**30:.2f} GiB are available; more ranks do not shrink it: use a smaller network, "
+            'method = "lbfgsb", or raise [parallel] memory_per_rank'
+        )
     if need_max > limit:
         raise GlobalError(
             f"the run needs ~{need_max / 2**30:.2f} GiB per rank but {limit / 2**30:.2f} GiB are available: "
@@ -410,7 +430,9 @@ def train(comm: SerialComm, cfg: Config, restart: bool = False, overwrite: bool 
     print_header(comm, cfg, log)
     setup = build(comm, cfg, log)
     with_forces = setup.train.with_forces
-    ev = Evaluator(comm, setup.train, setup.valid, N_HEAD)
+    o = cfg.optimizer
+    extra = NormalEquations(setup.train, o.force_fraction, o.lm_seed) if o.method == "lm" else None
+    ev = Evaluator(comm, setup.train, setup.valid, N_HEAD, extra)
     if comm.rank != 0:
         ev.serve()
         return 0
@@ -430,6 +452,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     it0, elapsed0, stage = 0, 0.0, "anneal" if cfg.anneal.enabled else "optimize"
     anneal_state = None
     best = Best()
+    opt_state: dict = {}  # the method's own state carried by checkpoints (LM's damping)
     if restart:
         ck = ckpt.latest(ck_dir, log)
         if ck is None:
@@ -448,6 +471,8 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         anneal_state = ck if stage == "anneal" and "current" in ck.arrays else None
         if "best" in ck.arrays and stage != "anneal":
             best = Best(float(ck.extra["best_loss"]), int(ck.extra["best_iteration"]), ck.arrays["best"])
+        if "lm_damping" in ck.extra and stage != "anneal":
+            opt_state["lm_damping"] = float(ck.extra["lm_damping"])
         _truncate_log(os.path.join(out, "log.jsonl"), it0 if stage != "anneal" else 0)
         log(f"restart: resuming stage '{stage}' at iteration {it0} from {ck_dir}")
         if stage == "done":
@@ -474,7 +499,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         if anneal_state is not None:
             check_signal("anneal", it0, x, anneal_state.extra, anneal_state.arrays)
         else:
-            check_signal(stage, it0, x)
+            check_signal(stage, it0, x, dict(opt_state))  # keeps a resumed LM damping
         if stage == "anneal":
             x = anneal(loss_only, x, cfg.anneal, log, resume=anneal_state,
                        on_update=lambda step, extra, arrays: check_signal("anneal", step, arrays["best"], extra, arrays),
@@ -495,8 +520,16 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
 
         def with_best():
             if best.params is None:
-                return {}, {}
-            return {"best_loss": best.loss, "best_iteration": best.iteration}, {"best": best.params}
+                return dict(opt_state), {}
+            return {"best_loss": best.loss, "best_iteration": best.iteration, **opt_state}, {"best": best.params}
+
+        def normal_equations(p, iteration):
+            return ev.evaluate(p, CMD_EXTRA, arg=float(iteration))
+
+        def lm_loss(p, want_max=False):
+            buf = ev.evaluate(p, CMD_LOSS, want_max=want_max)
+            lm_loss.last_max = getattr(ev, "last_max", None)
+            return buf
 
         def on_iteration(it, p, elapsed):
             extra, arrays = with_best()
@@ -507,7 +540,8 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         log(f"optimizer: {cfg.optimizer.method}, up to {cfg.optimizer.max_iterations} iterations, "
             f"{setup.layout.n_params} parameters")  # fmt: skip
         res = run_optimizer(evaluate, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
-                            validate if setup.valid is not None else None, on_iteration, best)  # fmt: skip
+                            validate if setup.valid is not None else None, on_iteration, best,
+                            normal_equations, lm_loss, opt_state)  # fmt: skip
     except Interrupted as exc:
         log(f"stopped: {exc}; resume with --restart")
         _write_status(out, "interrupted", str(exc))
@@ -536,6 +570,9 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     t = ev.timing
     log(f"model written to {path}; wall time {time.perf_counter() - t_run:.1f} s, "
         f"{t['n']} evaluations, {1000 * t['compute'] / max(t['n'], 1):.1f} ms compute per evaluation")  # fmt: skip
+    if t.get("extra_n"):
+        log(f"Levenberg–Marquardt: {t['extra_n']} JᵀJ builds, {t['extra_compute'] / t['extra_n']:.3f} s compute "
+            f"and {t['extra_allreduce'] / t['extra_n']:.3f} s Allreduce each (rank 0)")  # fmt: skip
     _write_status(out, "converged" if res.converged else "not_converged", summary,
                   {"train": vars(s), "validation": vars(vs) if vs else None, "last_iteration": res.iterations,
                    "best_validation": best_note})  # fmt: skip

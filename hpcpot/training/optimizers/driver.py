@@ -118,6 +118,65 @@ class LogWriter:
             self.fh.close()
 
 
+class Iterations:
+    """What every method does after an accepted step, written once: the log line, the
+    ``log.jsonl`` record, validation (and :class:`Best`), ``on_iteration`` (checkpoints,
+    signals) and the convergence test.  Also the last accepted point, for
+    :class:`NonFiniteLoss`."""
+
+    def __init__(self, cfg: Config, with_forces: bool, log: LogWriter, start_iteration: int, elapsed0: float,
+                 validate, on_iteration, best: Best):  # fmt: skip
+        self.cfg, self.with_forces, self.log = cfg, with_forces, log
+        self.validate, self.on_iteration, self.best = validate, on_iteration, best
+        self.t_start = time.perf_counter() - elapsed0
+        self.it = start_iteration
+        self.stats: Stats | None = None
+        self.x: np.ndarray | None = None
+        self.conv = False
+        self.msg = ""
+        c = cfg.convergence
+        self.want_max = c.energy_maxresid > 0 or c.force_maxresid > 0
+
+    def nonfinite(self, loss: float) -> NonFiniteLoss:
+        return NonFiniteLoss(
+            f"the loss became {loss} in iteration {self.it + 1} (the last finite one was iteration "
+            f"{self.it}): check the data (units, outliers) and the learning setup",
+            self.x, self.it, self.stats,
+        )
+
+    def accept(self, x: np.ndarray, s: Stats, more: dict | None = None) -> bool:
+        """Report the accepted point ``x`` with training stats ``s`` (``more``: the method's
+        own fields for the log.jsonl record); True when converged."""
+        c, with_forces = self.cfg.convergence, self.with_forces
+        self.it += 1
+        it = self.it
+        self.stats, self.x = s, x.copy()
+        elapsed = time.perf_counter() - self.t_start
+        rec = {"iteration": it, "loss": s.loss, "energy_rmse": s.energy_rmse,
+               "force_rmse": s.force_rmse if with_forces else None, "elapsed": round(elapsed, 4), **(more or {})}  # fmt: skip
+        line = f"iter {it:6d}  loss {s.loss:.6e}  E_rmse {s.energy_rmse * 1000:9.3f} meV/atom"
+        if with_forces:
+            line += f"  F_rmse {s.force_rmse:8.4f} eV/Å"
+        vs = None
+        if self.validate is not None and (it % max(1, self.cfg.output.validate_every) == 0 or c.on == "validation"):
+            vs = self.validate(x)
+            self.best.offer(vs.loss, it, x)
+            rec["val_loss"] = vs.loss
+            rec["val_energy_rmse"] = vs.energy_rmse
+            rec["val_force_rmse"] = vs.force_rmse if with_forces else None
+            line += f"  | val E {vs.energy_rmse * 1000:.3f} meV/atom"
+            if with_forces:
+                line += f" F {vs.force_rmse:.4f} eV/Å"
+        self.log.print(line + f"  {elapsed:8.1f} s")
+        self.log.record(rec)
+        if self.on_iteration is not None:
+            self.on_iteration(it, x, elapsed)
+        ok, msg = converged(vs if (c.on == "validation" and vs is not None) else s, self.cfg, with_forces)
+        self.msg = msg
+        self.conv = ok
+        return ok
+
+
 def run_optimizer(
     evaluate: Callable[..., np.ndarray],
     x0: np.ndarray,
@@ -129,79 +188,59 @@ def run_optimizer(
     validate: Callable[[np.ndarray], Stats] | None = None,
     on_iteration: Callable[[int, np.ndarray, float], None] | None = None,
     best: Best | None = None,
+    normal_equations: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    loss_only: Callable[[np.ndarray, bool], np.ndarray] | None = None,
+    opt_state: dict | None = None,
 ) -> Result:
-    """Minimise with scipy; ``evaluate(x, want_max)`` returns the reduced buffer.
+    """Minimise with scipy, or with :func:`.lm.run_lm`; ``evaluate(x, want_max)`` returns the
+    reduced buffer.
 
     ``on_iteration(iteration, x, elapsed)`` runs after each accepted step (checkpoints,
     signal checks: it may raise :class:`Interrupted`).  ``best``: the best validation point of
-    the run so far (a restart passes the checkpoint's); updated in place.
+    the run so far (a restart passes the checkpoint's); updated in place.  Method "lm" also
+    needs ``normal_equations(x, iteration)`` (the reduced ``[head, grad, JᵀJ]``),
+    ``loss_only(x, want_max)`` (the reduced head) and ``opt_state`` (its damping, read at
+    the start and kept current for checkpoints).
     """
     best = best if best is not None else Best()
-    c = cfg.convergence
-    want_max = c.energy_maxresid > 0 or c.force_maxresid > 0
+    rep = Iterations(cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best)
+    rep.x = x0.copy()
+    want_max = rep.want_max
     last: dict = {}
-    t_start = time.perf_counter() - elapsed0
-    state = {"it": start_iteration, "stats": None, "x": x0.copy(), "conv": False, "msg": ""}
-
-    def fun(x):
-        buf = evaluate(x, want_max)
-        loss = float(buf[0])
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(
-                f"the loss became {loss} in iteration {state['it'] + 1} (the last finite one was iteration "
-                f"{state['it']}): check the data (units, outliers) and the learning setup",
-                state["x"], state["it"], state["stats"],
-            )
-        last["x"] = x.copy()
-        last["stats"] = Stats.from_buffer(buf, getattr(evaluate, "last_max", None) if want_max else None)
-        return loss, buf[N_HEAD:].copy()
-
     remaining = max(0, cfg.optimizer.max_iterations - start_iteration)
-
-    def callback(intermediate_result):
-        x = intermediate_result.x
-        if "x" not in last or not np.array_equal(last["x"], x):
-            fun(x)  # rare: the accepted point was not the last evaluated one
-        s = last["stats"]
-        state["it"] += 1
-        it = state["it"]
-        state["stats"], state["x"] = s, x.copy()
-        elapsed = time.perf_counter() - t_start
-        rec = {"iteration": it, "loss": s.loss, "energy_rmse": s.energy_rmse,
-               "force_rmse": s.force_rmse if with_forces else None, "elapsed": round(elapsed, 4)}  # fmt: skip
-        line = f"iter {it:6d}  loss {s.loss:.6e}  E_rmse {s.energy_rmse * 1000:9.3f} meV/atom"
-        if with_forces:
-            line += f"  F_rmse {s.force_rmse:8.4f} eV/Å"
-        vs = None
-        if validate is not None and (it % max(1, cfg.output.validate_every) == 0 or c.on == "validation"):
-            vs = validate(x)
-            best.offer(vs.loss, it, x)
-            rec["val_loss"] = vs.loss
-            rec["val_energy_rmse"] = vs.energy_rmse
-            rec["val_force_rmse"] = vs.force_rmse if with_forces else None
-            line += f"  | val E {vs.energy_rmse * 1000:.3f} meV/atom"
-            if with_forces:
-                line += f" F {vs.force_rmse:.4f} eV/Å"
-        log.print(line + f"  {elapsed:8.1f} s")
-        log.record(rec)
-        if on_iteration is not None:
-            on_iteration(it, x, elapsed)
-        ok, msg = converged(vs if (c.on == "validation" and vs is not None) else s, cfg, with_forces)
-        if ok:
-            state["conv"], state["msg"] = True, msg
-            raise StopIteration
-        state["msg"] = msg
-
     if remaining == 0:
         buf = evaluate(x0, want_max)
         s = Stats.from_buffer(buf)
         ok, msg = converged(s, cfg, with_forces)
         return Result(x0, start_iteration, ok, "max_iterations reached before start: " + msg, s, best)
+    if cfg.optimizer.method == "lm":
+        from .lm import run_lm
+
+        if normal_equations is None or loss_only is None:
+            raise ValueError('method = "lm" needs normal_equations and loss_only')
+        return run_lm(normal_equations, loss_only, x0, cfg, rep, remaining, opt_state if opt_state is not None else {})
+
+    def fun(x):
+        buf = evaluate(x, want_max)
+        loss = float(buf[0])
+        if not math.isfinite(loss):
+            raise rep.nonfinite(loss)
+        last["x"] = x.copy()
+        last["stats"] = Stats.from_buffer(buf, getattr(evaluate, "last_max", None) if want_max else None)
+        return loss, buf[N_HEAD:].copy()
+
+    def callback(intermediate_result):
+        x = intermediate_result.x
+        if "x" not in last or not np.array_equal(last["x"], x):
+            fun(x)  # rare: the accepted point was not the last evaluated one
+        if rep.accept(x, last["stats"]):
+            raise StopIteration
+
     if cfg.optimizer.method == "lbfgs":
         from .lbfgs import minimize_lbfgs
 
         res = minimize_lbfgs(fun, x0, cfg.optimizer.history, remaining, callback)
-        return _finish(state, last, fun, res.x, res.message, best)
+        return _finish(rep, last, fun, res.x, res.message, best)
     if cfg.optimizer.method == "lbfgsb":
         opts = {"maxiter": remaining, "maxcor": cfg.optimizer.history, "ftol": 1e-15, "gtol": 1e-12, "maxfun": 10 * remaining + 100}
         method = "L-BFGS-B"
@@ -212,17 +251,17 @@ def run_optimizer(
         opts = {"maxiter": remaining, "gtol": 1e-12}
         method = "BFGS"
     res = scipy.optimize.minimize(fun, x0, jac=True, method=method, callback=callback, options=opts)
-    return _finish(state, last, fun, res.x, res.message, best)
+    return _finish(rep, last, fun, res.x, res.message, best)
 
 
-def _finish(state: dict, last: dict, fun, x_end: np.ndarray, message: str, best: Best) -> Result:
+def _finish(rep: Iterations, last: dict, fun, x_end: np.ndarray, message: str, best: Best) -> Result:
     """The Result from the driver's state after a method returned."""
-    x = state["x"] if state["stats"] is not None else x_end
-    if state["stats"] is None:
+    x = rep.x if rep.stats is not None else x_end
+    if rep.stats is None:
         fun(x)
-        state["stats"] = last["stats"]
-    if state["conv"]:
-        msg = f"converged after {state['it']} iterations: {state['msg']}"
+        rep.stats = last["stats"]
+    if rep.conv:
+        msg = f"converged after {rep.it} iterations: {rep.msg}"
     else:
-        msg = f"not converged after {state['it']} iterations ({message}); {state['msg']}"
-    return Result(x, state["it"], state["conv"], msg, state["stats"], best)
+        msg = f"not converged after {rep.it} iterations ({message}); {rep.msg}"
+    return Result(x, rep.it, rep.conv, msg, rep.stats, best)
