@@ -45,8 +45,8 @@ def test_defaults():
     assert fp.g2_etas is None and fp.g2_offsets == [0.0] and fp.elements == {}
     assert fp.storage == "float64" and fp.cache == ""
     assert cfg.model.hidden == [20, 20] and cfg.model.activation == "tanh" and cfg.model.elements == []
-    assert cfg.loss.force_coefficient == 0.04
-    assert cfg.optimizer.method == "lbfgsb" and cfg.optimizer.max_iterations == 1000
+    assert cfg.loss.force_coefficient == 0.1
+    assert cfg.optimizer.method == "lbfgsb" and cfg.optimizer.max_iterations == 5000
     assert cfg.convergence.energy_rmse == 0.001 and cfg.convergence.force_rmse == 0.1
     assert cfg.convergence.on == "train"
     assert cfg.anneal.enabled is False
@@ -80,7 +80,7 @@ def test_values_are_taken_and_coerced():
     assert cfg.digest() == parse_config(table, "other.toml").digest()  # the file name is not part of it
     # the digest covers the problem definition, not e.g. the output folder
     assert cfg.digest() == parse_config({**table, "output": {"dir": "elsewhere"}}, SRC).digest()
-    assert cfg.digest() != parse_config({**table, "loss": {"force_coefficient": 0.1}}, SRC).digest()
+    assert cfg.digest() != parse_config({**table, "loss": {"force_coefficient": 0.2}}, SRC).digest()
 
 
 # --------------------------------------------------------------------------- errors
