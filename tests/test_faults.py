@@ -7,8 +7,10 @@ the k-th line of the run's own log), never after a sleep that assumes a speed.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -258,9 +260,11 @@ def bad_data_files(tmp_path_factory):
     for a in images:
         a.constraints = []
         a.info.pop("adsorbate_info", None)  # a dict extxyz cannot store
-    files = {"traj": d / "bad.traj", "extxyz": d / "bad.extxyz", "db": d / "bad.db"}
+    files = {"traj": d / "bad.traj", "extxyz": d / "bad.extxyz", "db": d / "bad.db", "extxyz.gz": d / "bad.extxyz.gz"}
     ase.io.write(str(files["traj"]), images)
     ase.io.write(str(files["extxyz"]), images)
+    with open(files["extxyz"], "rb") as src, gzip.open(files["extxyz.gz"], "wb") as dst:
+        shutil.copyfileobj(src, dst)
     with connect(str(files["db"])) as db:
         for a in images:
             db.write(a)
@@ -271,7 +275,7 @@ def bad_data_files(tmp_path_factory):
     return files
 
 
-@pytest.mark.parametrize("fmt", ["traj", "extxyz", "db", "h5"])
+@pytest.mark.parametrize("fmt", ["traj", "extxyz", "extxyz.gz", "db", "h5"])
 @pytest.mark.parametrize("nranks", [1, 3])
 def test_one_bad_image_among_many_reported_once(tmp_path, bad_data_files, fmt, nranks):
     if nranks > 1 and not MPIEXEC.exists():

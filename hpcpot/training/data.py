@@ -71,12 +71,12 @@ def _read_file(path: str, index: str) -> list:
     import ase.io
 
     try:
+        # parallel=False: under MPI, ASE's default reads on its rank 0 and broadcasts in a
+        # collective of its own, which would pair with ours (hpcpot does the MPI itself)
         text = _decompressed_text(path)
         if text is not None:
-            images = ase.io.read(text, index, format="extxyz")
+            images = ase.io.read(text, index, format="extxyz", parallel=False)
         else:
-            # parallel=False: under MPI, ASE's default reads on its rank 0 and broadcasts in a
-            # collective of its own, which would pair with ours (hpcpot does the MPI itself)
             images = ase.io.read(path, index, parallel=False)
     except StopIteration:
         images = []
