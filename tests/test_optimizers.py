@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REF, ROOT, need
@@ -83,3 +84,16 @@ def test_best_model_survives_a_restart(tmp_path):
     best = min((r for r in log if "val_loss" in r), key=lambda r: r["val_loss"])
     status = json.loads((tmp_path / "out" / "status.json").read_text())["stats"]["best_validation"]
     assert status == {"iteration": best["iteration"], "validation_loss": best["val_loss"]}
+
+
+def test_time_budget_stops_a_run_that_would_go_on(tmp_path):
+    """max_time = a tiny budget: the run stops after its first iteration, not converged, and
+    says why (no assumption on the machine's speed: any iteration takes longer than 1 ns)."""
+    cfg = _cfg(tmp_path, "lbfgsb", 10**6, extra="")
+    path = Path(cfg)
+    path.write_text(path.read_text().replace("max_iterations = 1000000", "max_iterations = 1000000\nmax_time = 1e-9"))
+    _train(cfg)
+    out = tmp_path / "out"
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "not_converged" and "time budget of 1e-09 s reached" in status["message"]

@@ -87,6 +87,7 @@ class OptimizerConfig:
     # "bfgs", "cg" (nonlinear conjugate gradient) or "lm" (Levenberg–Marquardt)
     method: str = "lbfgsb"
     max_iterations: int = 5000  # a budget: real DFT sets were still improving at 1000 (Mo: 6000)
+    max_time: float = 0.0  # s of optimisation (restarts included, set-up not); 0 = no limit
     history: int = 50  # L-BFGS-B memory (scipy's maxcor); 50 beat 10 on Mo DFT data (README)
     # Levenberg–Marquardt: (JᵀJ + μ I) δ = −Jᵀr; μ is multiplied by lm_decrease after a step
     # the quadratic model predicted well (gain ratio > 0.75), by lm_increase after a rejected
@@ -282,6 +283,8 @@ def _check_ranges(cfg: Config, src: str) -> None:
         ("parallel.memory_per_rank", cfg.parallel.memory_per_rank >= 0, "must be >= 0 (GiB; 0 = automatic)"),
         ("loss.force_coefficient", cfg.loss.force_coefficient >= 0, "must be >= 0"),
         ("optimizer.max_iterations", cfg.optimizer.max_iterations >= 0, "must be >= 0"),
+        ("optimizer.max_time", math.isfinite(cfg.optimizer.max_time) and cfg.optimizer.max_time >= 0,
+         "must be a finite number >= 0 (seconds; 0 = no limit)"),
         ("optimizer.lm_damping", math.isfinite(o.lm_damping) and o.lm_damping > 0, "must be a finite number > 0"),
         ("optimizer.lm_increase", math.isfinite(o.lm_increase) and o.lm_increase > 1, "must be a finite number > 1"),
         ("optimizer.lm_decrease", 0 < o.lm_decrease < 1, "must be in (0, 1)"),

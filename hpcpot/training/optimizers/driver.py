@@ -174,6 +174,10 @@ class Iterations:
         ok, msg = converged(vs if (c.on == "validation" and vs is not None) else s, self.cfg, with_forces)
         self.msg = msg
         self.conv = ok
+        budget = self.cfg.optimizer.max_time
+        if not ok and budget > 0 and elapsed >= budget:
+            self.msg = f"time budget of {budget:g} s reached; {msg}"
+            return True  # stop, not converged
         return ok
 
 
