@@ -19,6 +19,12 @@ def refuse_existing(paths: Iterable[str], overwrite: bool) -> None:
             raise FileExistsError(f"{path} exists; refusing to overwrite it (use --overwrite)")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over it.
 
@@ -27,6 +33,7 @@ def atomic_write_bytes(path: str, write: Callable[[BinaryIO], object]) -> None:
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=d)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a model or plot is for the group too
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

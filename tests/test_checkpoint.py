@@ -160,3 +160,18 @@ def test_sigkill_at_random_moments_then_restart(tmp_path):
         loss, it = _final_loss(d)
         assert it == final and loss < loss_at_ck  # it went on from the checkpoint's parameters
         assert ckpt.latest(str(d / "out" / "checkpoints")).stage == "done"
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """Files hpcpot writes (models, plots, checkpoints) are readable as any file the user
+    creates (umask applies), not 0600 as a temp file would be."""
+    import os
+
+    from hpcpot.files import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(str(tmp_path / "f"), lambda fh: fh.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
