@@ -48,9 +48,9 @@ class FilterResult:
         return out
 
 
-def composition(st: Structures) -> np.ndarray:
+def composition(st: Structures, n_elements: int | None = None) -> np.ndarray:
     """Atoms of each element per image, (n_images, n_elements) in ``st.elements`` order."""
-    A = np.zeros((st.n_images, len(st.elements)))
+    A = np.zeros((st.n_images, len(st.elements) if n_elements is None else n_elements))
     np.add.at(A, (np.repeat(np.arange(st.n_images), st.n_atoms), st.species), 1.0)
     return A
 

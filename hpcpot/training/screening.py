@@ -17,6 +17,7 @@ import numpy as np
 
 from ..parallel import SerialComm
 from ..potential.structures import Structures
+from .filters import composition
 
 DUPLICATE_ENERGY_TOL = 1e-3  # eV/atom: duplicates closer than this agree
 OUTLIER_MAD_FACTOR = 20.0  # robust z-score (MAD-based sigma) above which an image is an outlier
@@ -49,8 +50,7 @@ def screen(comm: SerialComm, parts: list[Structures], reference: np.ndarray, log
     keys, epa, names = [], [], []
     for st in parts:
         keys += structure_keys(st)
-        comp = np.zeros((st.n_images, len(reference)))
-        np.add.at(comp, (np.repeat(np.arange(st.n_images), st.n_atoms), st.species), 1.0)
+        comp = composition(st, len(reference))
         epa.append((st.energy - comp @ reference) / np.maximum(st.n_atoms, 1))
         names += list(st.sources)
     epa = np.concatenate(epa) if epa else np.zeros(0)

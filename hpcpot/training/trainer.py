@@ -35,7 +35,7 @@ from . import checkpoint as ckpt
 from .config import Config, FingerprintConfig
 from .data import ImageSet
 from .descriptors import describe, generated_set, symmetry_functions
-from .filters import FilterResult, GlobalDataError, apply_filters
+from .filters import FilterResult, GlobalDataError, apply_filters, composition
 from .filters import report as filter_report
 from .filters import write_list as write_filtered
 from .jacobian import ROWS_PER_UPDATE, NormalEquations
@@ -167,9 +167,7 @@ def energy_scaling(comm: SerialComm, st: Structures, n_el: int) -> tuple[np.ndar
     """Per-element intercept (eV/atom, least squares on composition) and slope (eV).
 
     Normal equations are reduced over ranks, so every rank gets the global answer."""
-    A = np.zeros((st.n_images, n_el))
-    img = np.repeat(np.arange(st.n_images), st.n_atoms)
-    np.add.at(A, (img, st.species), 1.0)
+    A = composition(st, n_el)
     red = np.concatenate([(A.T @ A).ravel(), A.T @ st.energy, [st.n_images]])
     comm.allreduce_sum(red)
     ata = red[: n_el * n_el].reshape(n_el, n_el)
