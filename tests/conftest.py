@@ -128,3 +128,30 @@ def fitted_model():
     gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
     gmax = np.stack([G[st.species == e].max(0) for e in range(ne)])
     return Model(sf, lay, res.x, gmin, gmax), st
+
+
+def small_config(d: Path, iters: int = 10**6, every: int = 1, extra: str = "", hidden: str = "[6]",
+                 e_rmse: float = 1e-12, f_rmse: float = 1e-12) -> Path:  # fmt: skip
+    """d/c.toml: 24 reference images, no validation, checkpoints every ``every`` iterations
+    (keep 3), criteria that a short run never meets; ``extra`` is appended (more tables)."""
+    cfg = d / "c.toml"
+    cfg.write_text(f"""
+[data]
+train = ["{need(REF)}"]
+index = ":24"
+validation_fraction = 0.0
+[model]
+hidden = {hidden}
+[optimizer]
+max_iterations = {iters}
+[convergence]
+energy_rmse = {e_rmse}
+force_rmse = {f_rmse}
+[checkpoint]
+every = {every}
+keep = 3
+[output]
+dir = "out"
+{extra}
+""")
+    return cfg

@@ -11,33 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, REF, ROOT, need, wait_for_lines, wait_until_gone
+from conftest import MPIEXEC, ROOT, small_config, wait_for_lines, wait_until_gone
 
 from hpcpot.training import checkpoint as ckpt
-
-
-def _write_cfg(d, iters, every=1, extra="", e_rmse=1e-12, f_rmse=1e-12):
-    cfg = d / "c.toml"
-    cfg.write_text(f"""
-[data]
-train = ["{need(REF)}"]
-index = ":24"
-validation_fraction = 0.0
-[model]
-hidden = [6]
-[optimizer]
-max_iterations = {iters}
-[convergence]
-energy_rmse = {e_rmse}
-force_rmse = {f_rmse}
-[checkpoint]
-every = {every}
-keep = 3
-[output]
-dir = "out"
-{extra}
-""")
-    return cfg
 
 
 def _start(n, cfg, *args):
@@ -81,7 +57,7 @@ def test_save_load_round_trip_and_damage(tmp_path):
 
 
 def test_checkpoint_from_other_config_is_refused(tmp_path):
-    cfg = _write_cfg(tmp_path, 5)
+    cfg = small_config(tmp_path, 5)
     r = subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg.write_text(cfg.read_text().replace("hidden = [6]", "hidden = [7]"))
@@ -90,7 +66,7 @@ def test_checkpoint_from_other_config_is_refused(tmp_path):
 
 
 def test_existing_run_is_never_overwritten(tmp_path):
-    cfg = _write_cfg(tmp_path, 3)
+    cfg = small_config(tmp_path, 3)
     subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg)], check=True, capture_output=True, cwd=ROOT)
     model = (tmp_path / "out" / "model.json").read_bytes()
     r = subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg)], capture_output=True, text=True, cwd=ROOT)
@@ -105,7 +81,7 @@ def test_existing_run_is_never_overwritten(tmp_path):
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_sigusr1_writes_checkpoint_and_exits_cleanly(tmp_path):
-    cfg = _write_cfg(tmp_path, 100000, every=0)
+    cfg = small_config(tmp_path, 100000, every=0)
     p = _start(2, cfg)
     log = tmp_path / "out" / "log.jsonl"
     wait_for_lines(p, log, 5)
@@ -138,7 +114,7 @@ def test_sigkill_at_random_moments_then_restart(tmp_path):
     for k in range(trials):
         d = tmp_path / f"t{k}"
         d.mkdir()
-        cfg = _write_cfg(d, 10**6)
+        cfg = small_config(d, 10**6)
         p = _start(2, cfg)
         wait_for_lines(p, d / "out" / "log.jsonl", int(rng.integers(2, 40)))
         os.killpg(p.pid, signal.SIGKILL)  # mpiexec, proxy and both ranks at once

@@ -18,37 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, REF, ROOT, need, pids_with, wait_for_lines, wait_until_gone
+from conftest import MPIEXEC, REF, ROOT, need, pids_with, small_config, wait_for_lines, wait_until_gone
 
 from hpcpot.potential.modelfile import Model
 from hpcpot.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 HELPER = str(ROOT / "tests" / "mpi" / "helper.py")
-
-
-def _cfg(d: Path, iters: int = 10**6, every: int = 1, extra: str = "", hidden: str = "[6]") -> Path:
-    cfg = d / "c.toml"
-    cfg.write_text(f"""
-[data]
-train = ["{need(REF)}"]
-index = ":24"
-validation_fraction = 0.0
-[model]
-hidden = {hidden}
-[optimizer]
-max_iterations = {iters}
-[convergence]
-energy_rmse = 1e-12
-force_rmse = 1e-12
-[checkpoint]
-every = {every}
-keep = 3
-[output]
-dir = "out"
-{extra}
-""")
-    return cfg
 
 
 def _launch(n: int, args: list[str]) -> subprocess.Popen:
@@ -90,7 +66,7 @@ def _restart_and_finish(d: Path, cfg: Path, extra_iters: int = 20) -> None:
 def test_one_rank_killed_ends_every_rank_then_restart(tmp_path):
     """SIGKILL to rank 1's process alone, mid-training: every rank ends, the launcher exits
     non-zero, the newest checkpoint loads and --restart finishes the training."""
-    cfg = _cfg(tmp_path)
+    cfg = small_config(tmp_path)
     p = _launch(2, ["-m", "hpcpot.train", str(cfg)])
     wait_for_lines(p, tmp_path / "out" / "log.jsonl", 15)
     ranks = {int(env.get("PMI_RANK", -1)): pid for pid, env in pids_with(str(cfg)).items()}
@@ -114,7 +90,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        cfg = _cfg(mnt)
+        cfg = small_config(mnt)
         st = os.statvfs(mnt)
         filler = mnt / "filler"
         filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 48 * 1024))  # ~48 KiB left for the run
@@ -132,7 +108,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_nonfinite_loss_keeps_last_finite_parameters(tmp_path):
-    cfg = _cfg(tmp_path, iters=500, every=0)
+    cfg = small_config(tmp_path, iters=500, every=0)
     rc, out, err = _run(1, [HELPER, "inject", "nan@eval:15", str(cfg)])
     assert rc == 3, (out[-2000:], err[-2000:])
     st = _status(tmp_path)
@@ -148,7 +124,7 @@ def test_nonfinite_loss_keeps_last_finite_parameters(tmp_path):
 
 
 def test_nonfinite_loss_at_start_writes_no_model(tmp_path):
-    cfg = _cfg(tmp_path, iters=500, every=0)
+    cfg = small_config(tmp_path, iters=500, every=0)
     rc, out, err = _run(1, [HELPER, "inject", "nan@eval:1", str(cfg)])
     assert rc == 3 and _status(tmp_path)["state"] == "nonfinite_loss"
     assert not (tmp_path / "out" / "model.json").exists()
@@ -160,7 +136,7 @@ def test_nonfinite_loss_at_start_writes_no_model(tmp_path):
 )
 def test_sigterm_at_every_stage_leaves_a_usable_state(tmp_path, point, n, stage):
     extra = "[anneal]\nenabled = true\nsteps = 200\nupdates = 10\n" if point == "anneal" else ""
-    cfg = _cfg(tmp_path, iters=500, every=0, extra=extra)  # bounded: a missed injection fails, not hangs
+    cfg = small_config(tmp_path, iters=500, every=0, extra=extra)  # bounded: a missed injection fails, not hangs
     nranks = 2 if point in ("read", "eval") and MPIEXEC.exists() else 1
     rc, out, err = _run(nranks, [HELPER, "inject", f"sigterm@{point}:{n}", str(cfg)])
     assert rc == 0, err[-3000:]
@@ -175,7 +151,7 @@ def test_sigterm_at_every_stage_leaves_a_usable_state(tmp_path, point, n, stage)
 
 
 def test_sigterm_while_writing_the_model_finishes_the_run(tmp_path):
-    cfg = _cfg(tmp_path, iters=5, every=0)
+    cfg = small_config(tmp_path, iters=5, every=0)
     rc, out, err = _run(1, [HELPER, "inject", "sigterm@model", str(cfg)])
     assert rc == 0, err[-3000:]
     assert _status(tmp_path)["state"] == "not_converged"
@@ -202,7 +178,7 @@ def test_checkpoint_truncated_at_any_offset_is_never_trusted(tmp_path):
 
 
 def test_checkpoint_of_another_version_is_refused(tmp_path):
-    cfg = _cfg(tmp_path, iters=3, every=1)
+    cfg = small_config(tmp_path, iters=3, every=1)
     assert _run(1, ["-m", "hpcpot.train", str(cfg)])[0] == 0
     folder = tmp_path / "out" / "checkpoints"
     ck = ckpt.latest(str(folder))
@@ -280,7 +256,7 @@ def bad_data_files(tmp_path_factory):
 def test_one_bad_image_among_many_reported_once(tmp_path, bad_data_files, fmt, nranks):
     if nranks > 1 and not MPIEXEC.exists():
         pytest.skip("mpiexec not available")
-    cfg = _cfg(tmp_path, iters=1)
+    cfg = small_config(tmp_path, iters=1)
     cfg.write_text(cfg.read_text().replace(f'train = ["{need(REF)}"]\nindex = ":24"', f'train = ["{bad_data_files[fmt]}"]'))
     rc, out, err = _run(nranks, ["-m", "hpcpot.train", str(cfg)])
     assert rc != 0
@@ -309,7 +285,7 @@ def test_duplicates_and_unit_outliers_are_reported(tmp_path, nranks):
         images[j].calc.results["energy"] /= 27.211386
     path = tmp_path / "data.extxyz"
     ase.io.write(str(path), images)
-    cfg = _cfg(tmp_path, iters=1)
+    cfg = small_config(tmp_path, iters=1)
     cfg.write_text(cfg.read_text().replace(f'train = ["{need(REF)}"]\nindex = ":24"', f'train = ["{path}"]'))
     rc, out, err = _run(nranks, ["-m", "hpcpot.train", str(cfg)])
     assert rc == 0, err[-3000:]
