@@ -50,14 +50,14 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
     return float(np.median(ts)), ts
 
 
-def _config_text(data: str, images: int, storage: str = "float64", alpha: float = 0.04) -> str:
+def _config_text(data: str, images: int, preset: str = "auto", alpha: float = 0.04) -> str:
     return f"""
 [data]
 train = ["{data}"]
 index = ":{images}"
 validation_fraction = 0.0
 [fingerprints]
-storage = "{storage}"
+preset = "{preset}"
 [loss]
 force_coefficient = {alpha}
 [output]
@@ -76,12 +76,12 @@ def compile_times() -> dict:
     return out
 
 
-def single_process(data: str, images: int, repeats: int, log) -> dict:
-    from .potential.fingerprints import compute_fingerprints
+def single_process(data: str, images: int, repeats: int, log, preset: str = "auto") -> dict:
+    from .potential.fingerprints import compute_fingerprints, shortest_distances
     from .potential.network import Layout, initial_parameters
     from .training.config import FingerprintConfig
     from .training.data import read_structures
-    from .training.descriptors import symmetry_functions
+    from .training.descriptors import generated_set, symmetry_functions
     from .training.loss import ShardProblem
     from .training.trainer import _exercise_kernels
 
@@ -92,14 +92,21 @@ def single_process(data: str, images: int, repeats: int, log) -> dict:
     res["read_validate_s"] = time.perf_counter() - t
     res["atoms"] = int(len(st.species))
     res["force_values"] = int(3 * len(st.species))
-    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
+    fpc = FingerprintConfig(preset=preset)
+    if preset == "auto":  # what a training whose config names no fingerprint keys gets
+        sf = generated_set(fpc, list(st.elements), shortest_distances(st, fpc.cutoff))
+    else:
+        sf = symmetry_functions(fpc, list(st.elements))
+    res["preset"] = preset
+    res["functions_per_element"] = [int(n) for n in sf.n_functions]
     res["fingerprint_s"], _ = _median_time(lambda: compute_fingerprints(st, sf, False), 1)
     t = time.perf_counter()
     G, b = compute_fingerprints(st, sf, True)
     res["fingerprint_derivative_s"] = time.perf_counter() - t
     res["derivative_bytes"] = int(b.nbytes)
     res["derivative_pairs"] = int(len(b.centre))
-    log(f"fingerprints: {res['fingerprint_s']:.2f} s; with derivatives {res['fingerprint_derivative_s']:.2f} s, "
+    log(f"fingerprints (preset {preset!r}, {', '.join(map(str, res['functions_per_element']))} functions per element): "
+        f"{res['fingerprint_s']:.2f} s; with derivatives {res['fingerprint_derivative_s']:.2f} s, "
         f"{b.nbytes / 2**20:.1f} MiB stored ({len(b.centre) / len(st.species):.1f} pairs per atom)")  # fmt: skip
     ne = len(st.elements)
     gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
@@ -179,7 +186,7 @@ def worker(args) -> int:
     with tempfile.TemporaryDirectory() as d:
         cfgp = Path(d) / "c.toml"
         if comm.rank == 0:
-            cfgp.write_text(_config_text(args.data, args.images))
+            cfgp.write_text(_config_text(args.data, args.images, args.preset))
         comm.barrier()
         cfg = load_config(cfgp) if comm.rank == 0 else None
         cfg = comm.bcast(cfg)
@@ -298,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7, help="timed repetitions per figure (medians are reported)")
     ap.add_argument("--ranks", default="1,2", help="rank counts for the MPI part ('' to skip)")
     ap.add_argument("--startup-ranks", default="1,2,4", help="rank counts for the start-up measurement")
+    ap.add_argument("--preset", default="auto", choices=("auto", "default", "amp"),
+                    help="fingerprint set (default: auto, what a training gets when its config names none)")
     ap.add_argument("--json", default="", help="also write all figures to this JSON file")
     ap.add_argument("--skip-single", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -318,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"numba kernels: {results['compile']['cold_cache_s']:.1f} s to compile (empty cache), "
         f"{results['compile']['warm_cache_s']:.1f} s to load from cache")  # fmt: skip
     if not args.skip_single:
-        results["single"] = single_process(args.data, args.images, args.repeats, log)
+        results["single"] = single_process(args.data, args.images, args.repeats, log, args.preset)
     mpiexec = _find_mpiexec()
     mpi = {}
     ranks = [int(r) for r in args.ranks.split(",") if r]
@@ -328,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         ranks, args.startup_ranks = [], ""
     for n, startup_only in [(r, False) for r in ranks] + [(r, True) for r in (int(x) for x in args.startup_ranks.split(",") if x)]:
         cmd = [str(mpiexec), "-n", str(n), sys.executable, "-m", "hpcpot.bench", "--worker", "--data", args.data,
-               "--images", str(args.images), "--repeats", str(args.repeats)] + (["--startup-only"] if startup_only else [])  # fmt: skip
+               "--images", str(args.images), "--repeats", str(args.repeats), "--preset", args.preset] + (["--startup-only"] if startup_only else [])  # fmt: skip
         r = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in r.stdout.splitlines() if x.startswith("BENCH-JSON ")]
         if r.returncode != 0 or not line:

@@ -30,6 +30,9 @@ from ..errors import DataError
 from .structures import MIN_DISTANCE, structure_arrays
 from .symmetry import SymmetryFunctions
 
+# Version of the DerivativeBlocks value layout (part of the fingerprint-cache key, so that a
+# cache written with another layout is recomputed rather than misread).
+DERIVATIVE_LAYOUT = "xyz-l"
 CHUNK_PAIRS = 300_000  # neighbour pairs fingerprinted per chunk (bounds the transient memory)
 CHUNK_NEIGHBOURS_PER_ATOM = 64  # the estimate that sizes a chunk: CHUNK_PAIRS / 64 atoms
 
@@ -41,7 +44,8 @@ class DerivativeBlocks:
     Pair ``p`` couples centre atom ``centre[p]`` and cell atom ``partner[p]`` (atom indices
     into the shard, both in the same image).  Its values are
     ``values[ptr[p] : ptr[p] + 3 * L]`` with ``L = sub_len[species[centre], kind[p]]``, laid
-    out as ``[l, xyz]``: ``dG_{centre, f}/dr_{partner, xyz}`` for ``f = sub_idx[c, kind, l]``,
+    out as ``[xyz, l]`` (three contiguous rows of L, so the force kernel's dot products over l
+    run on contiguous memory): ``dG_{centre, f}/dr_{partner, xyz}`` for ``f = sub_idx[c, kind, l]``,
     in 1/Å (or in scaled-fingerprint units per Å after :func:`scale_derivatives`).
     Pairs are grouped by image: image ``j`` owns pairs ``image_ptr[j]:image_ptr[j+1]``.
     """
@@ -289,11 +293,12 @@ def _fingerprint_kernel(
             for p in range(npair):
                 kd = kind[p0 + p]
                 base_ptr = dptr[p0 + p]
-                for l in range(sub_len[c, kd]):
+                L = sub_len[c, kd]
+                for l in range(L):
                     f = sub_idx[c, kd, l]
-                    dvals[base_ptr + 3 * l] = dbuf[p, f, 0]
-                    dvals[base_ptr + 3 * l + 1] = dbuf[p, f, 1]
-                    dvals[base_ptr + 3 * l + 2] = dbuf[p, f, 2]
+                    dvals[base_ptr + l] = dbuf[p, f, 0]
+                    dvals[base_ptr + L + l] = dbuf[p, f, 1]
+                    dvals[base_ptr + 2 * L + l] = dbuf[p, f, 2]
 
 
 # --------------------------------------------------------------------------- drivers
@@ -516,5 +521,5 @@ def fingerprint_derivatives_dense(atoms, sf: SymmetryFunctions) -> tuple[np.ndar
         i, m, k = b.centre[p], b.partner[p], b.kind[p]
         c = st.species[i]
         L = sub_len[c, k]
-        dG[i, sub_idx[c, k, :L], m, :] += b.values[b.ptr[p] : b.ptr[p] + 3 * L].reshape(L, 3)
+        dG[i, sub_idx[c, k, :L], m, :] += b.values[b.ptr[p] : b.ptr[p] + 3 * L].reshape(3, L).T
     return G, dG

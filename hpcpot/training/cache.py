@@ -28,14 +28,14 @@ import zlib
 import numpy as np
 
 from .. import __version__
-from ..potential.fingerprints import DerivativeBlocks, compute_fingerprints
+from ..potential.fingerprints import DERIVATIVE_LAYOUT, DerivativeBlocks, compute_fingerprints
 from ..potential.symmetry import SymmetryFunctions
 
 
 def definition_key(sf: SymmetryFunctions, with_derivs: bool, dtype) -> str:
     """Hash of what the entries depend on; the hpcpot version is part of it, so that entries
     from another version (whose kernels may differ) are never reused."""
-    blob = json.dumps([sf.to_dict(), bool(with_derivs), np.dtype(dtype).str, __version__], sort_keys=True)
+    blob = json.dumps([sf.to_dict(), bool(with_derivs), np.dtype(dtype).str, __version__, DERIVATIVE_LAYOUT], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 

@@ -87,8 +87,9 @@ def _tangent_rows(p0, p1, atom_off, centre, partner, kind, ptr, values, species,
                 continue
             for f in range(V.shape[1]):
                 V[n, f] = 0.0
-            for l in range(sub_len[c, kd]):
-                V[n, sub_idx[c, kd, l]] = values[b + 3 * l + k]
+            L = sub_len[c, kd]
+            for l in range(L):
+                V[n, sub_idx[c, kd, l]] = values[b + k * L + l]
             ci[n] = row_of_atom[i] - row_lo
             tgt[n] = t
             n += 1
