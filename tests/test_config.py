@@ -43,7 +43,7 @@ def test_defaults():
     fp = cfg.fingerprints
     assert fp.cutoff == 6.5 and fp.preset == "auto"
     assert fp.g2_etas is None and fp.g2_offsets == [0.0] and fp.elements == {}
-    assert fp.storage == "float64" and fp.cache == ""
+    assert fp.storage == "float32" and fp.cache == ""
     assert cfg.model.hidden == [20, 20] and cfg.model.activation == "tanh" and cfg.model.elements == []
     assert cfg.loss.force_coefficient == 0.1
     assert cfg.optimizer.method == "lbfgsb" and cfg.optimizer.max_iterations == 5000
