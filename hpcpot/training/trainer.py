@@ -316,7 +316,10 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     if need_max > limit:
         raise GlobalError(
             f"the run needs ~{need_max / 2**30:.2f} GiB per rank but {limit / 2**30:.2f} GiB are available: "
-            "use more ranks (or nodes), [fingerprints] storage = \"float32\", or raise [parallel] memory_per_rank"
+            "use more ranks (or nodes), "
+            + ('[fingerprints] storage = "float32" (half the bytes), ' if fp.storage == "float64" else "")
+            + ('[fingerprints] storage = "recompute" (no derivatives stored, much slower), ' if fp.storage != "recompute" else "")
+            + "or raise [parallel] memory_per_rank"
         )
     t1 = time.perf_counter()
     dtype = np.float32 if fp.storage == "float32" else np.float64

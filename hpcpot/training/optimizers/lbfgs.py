@@ -157,8 +157,12 @@ def minimize_lbfgs(
     """Minimise ``fun`` from ``x0`` (float64, shape (P,)); see the module doc."""
     x = np.array(x0, dtype=float)
     n = len(x)
-    S = np.zeros((history, n))
-    Y = np.zeros((history, n))
+    # The pairs are stored in float32: the recursion streams them twice per iteration, and at
+    # history 50 on 3006 parameters (2.4 MB in float64, more than L2) it is bandwidth-bound.
+    # rho and the curvature test use the stored (rounded) pairs, so H stays exactly the
+    # positive-definite L-BFGS matrix of those pairs; the line search sees exact f and g.
+    S = np.zeros((history, n), np.float32)
+    Y = np.zeros((history, n), np.float32)
     rho = np.zeros(history)
     head = count = 0
     f, g = fun(x)
@@ -198,9 +202,11 @@ def minimize_lbfgs(
         retried = False
         s_vec = new.x - x
         y_vec = new.g - g
-        sy = float(s_vec @ y_vec)
-        if sy > 1e-12 * float(y_vec @ y_vec) and sy > 0:  # enough curvature: H stays positive definite
-            S[head], Y[head], rho[head] = s_vec, y_vec, 1.0 / sy
+        s32 = s_vec.astype(np.float32).astype(float)
+        y32 = y_vec.astype(np.float32).astype(float)
+        sy = float(s32 @ y32)
+        if sy > 1e-12 * float(y32 @ y32) and sy > 0:  # enough curvature: H stays positive definite
+            S[head], Y[head], rho[head] = s32, y32, 1.0 / sy
             head = (head + 1) % history
             count = min(count + 1, history)
         x, f, g = new.x, new.f, new.g
