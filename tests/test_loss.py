@@ -39,6 +39,26 @@ def test_float32_derivatives_cost_little_gradient_accuracy(ref_structures):
     assert 0 < rel < 1e-5  # float32 storage changes the gradient, but only at ~1e-7 level
 
 
+def test_force_kernel_does_not_depend_on_the_order_of_pairs(ref_structures):
+    """The kernel gathers a centre's input gradients once per run of its pairs: with the pairs
+    of every image shuffled (no centre's pairs contiguous any more) the loss, gradient and
+    forces are the same to rounding."""
+    st = ref_structures.subset(np.arange(5))
+    prob, p, _ = small_problem(st, alpha=0.3)
+    buf = prob.evaluate(p).copy()
+    E, F = prob.predict(p)
+    b = prob.blocks
+    rng = np.random.default_rng(3)
+    order = np.concatenate([b.image_ptr[j] + rng.permutation(b.image_ptr[j + 1] - b.image_ptr[j]) for j in range(st.n_images)])
+    assert (np.diff(b.centre[order]) != 0).sum() > (np.diff(b.centre) != 0).sum()  # really split up
+    b.centre, b.partner, b.kind = b.centre[order], b.partner[order], b.kind[order]
+    b.ptr = np.append(b.ptr[order], b.ptr[-1])  # values stay where they are
+    np.testing.assert_allclose(prob.evaluate(p), buf, rtol=1e-12, atol=1e-15)
+    E2, F2 = prob.predict(p)
+    np.testing.assert_allclose(E2, E, rtol=1e-12)
+    np.testing.assert_allclose(F2, F, rtol=1e-10, atol=1e-13)
+
+
 def test_loss_is_amps_definition(ref_structures):
     """Recompute L from predicted energies/forces with plain numpy."""
     st = ref_structures.subset(np.arange(5))

@@ -51,6 +51,12 @@ def _scatter_rows(v, vk, ri, sub_idx, sub_len, c):
             vk[k, l] = 0.0
 
 
+@njit(cache=True, inline="always")
+def _xyz_rows(values, b, L):
+    """The x, y and z rows (length L) of the pair whose values start at b."""
+    return values[b : b + L], values[b + L : b + 2 * L], values[b + 2 * L : b + 3 * L]
+
+
 @njit(cache=True, fastmath=True)
 def _force_kernel(
     image_ptr, atom_ptr, centre, partner, kind, ptr, values, species, row,
@@ -85,11 +91,8 @@ def _force_kernel(
             _gather_rows(gk, g, row[i], sub_idx, sub_len, c)
             while p < pe and centre[p] == i:
                 k = kind[p]
-                L = sub_len[c, k]
-                b = ptr[p]
-                vx = values[b : b + L]
-                vy = values[b + L : b + 2 * L]
-                vz = values[b + 2 * L : b + 3 * L]
+                vx, vy, vz = _xyz_rows(values, ptr[p], sub_len[c, k])
+                L = vx.shape[0]
                 gg = gk[k]
                 fx = 0.0
                 fy = 0.0
@@ -120,11 +123,8 @@ def _force_kernel(
             c = species[i]
             while p < pe and centre[p] == i:
                 k = kind[p]
-                L = sub_len[c, k]
-                b = ptr[p]
-                vx = values[b : b + L]
-                vy = values[b + L : b + 2 * L]
-                vz = values[b + 2 * L : b + 3 * L]
+                vx, vy, vz = _xyz_rows(values, ptr[p], sub_len[c, k])
+                L = vx.shape[0]
                 vv = vk[k]
                 m = partner[p]
                 rx = Fhat[m, 0]

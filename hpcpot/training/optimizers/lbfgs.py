@@ -2,8 +2,8 @@
 
 scipy's L-BFGS-B spends ~0.2 ms (history 10) to ~0.56 ms (history 50) of Python and Fortran
 per evaluation on 3006 parameters while every other rank waits; here the two-loop recursion
-is one numba kernel over circular (m × P) buffers and the line search a few scalar
-operations: 37 µs and 111 µs (``benchmarks/rank0_optimizer.py``, idle machine, medians).
+is one numba kernel over circular (m × P) float32 buffers and the line search a few scalar
+operations: 35 µs and 105 µs (``benchmarks/rank0_optimizer.py``, idle machine, medians).
 
 The method (Nocedal & Wright, Numerical Optimization, 2nd ed., Alg. 7.4 and 3.5/3.6):
 the direction is −H·g from the two-loop recursion with H0 = (sᵀy / yᵀy)·I; the step
