@@ -258,6 +258,9 @@ class Evaluator:
         self.buf = np.zeros(train.buffer_size)
         self.extra_buf = np.zeros(extra.buffer_size) if extra is not None else None
         self.timing = {"bcast": 0.0, "compute": 0.0, "allreduce": 0.0, "n": 0}
+        # count and compute seconds per kind: a training's mean over all kinds mixes cheap
+        # validation passes with full loss+gradient evaluations
+        self.by_kind = {"loss+gradient": [0, 0.0], "loss only": [0, 0.0], "validation": [0, 0.0]}
 
     def _run(self, cmd: float) -> np.ndarray:
         base = cmd % FLAG_MAX
@@ -287,6 +290,9 @@ class Evaluator:
         self.timing["compute"] += t2 - t1
         self.timing["allreduce"] += t3 - t2
         self.timing["n"] += 1
+        kind = self.by_kind["validation" if base == CMD_VALID else "loss+gradient" if with_grad else "loss only"]
+        kind[0] += 1
+        kind[1] += t2 - t1
         if want_max:
             mx = np.array(prob.last_max if prob is not None else (0.0, 0.0))
             self.comm.allreduce_max(mx)

@@ -127,6 +127,7 @@ def slurm(tmp_path_factory):
     test_dir = tmp_path_factory.mktemp("slurm")
     env = dict(os.environ, SLURM_TEST_DIR=str(test_dir))
     started = False
+    shm_before = set(Path("/dev/shm").glob("mpich_shm_*"))
     try:
         p = subprocess.run(["bash", str(CLUSTER_SH), "start"], env=env, capture_output=True, text=True, timeout=120)
         print(p.stderr, end="", flush=True)
@@ -137,6 +138,10 @@ def slurm(tmp_path_factory):
         pids = {f.stem: (f.read_text().strip()) for f in (test_dir / "run").glob("*.pid") if "daemon" not in f.name}
         p = subprocess.run(["bash", str(CLUSTER_SH), "stop"], env=env, capture_output=True, text=True, timeout=120)
         print(p.stderr, end="", flush=True)
+        # MPICH shared-memory segments the test jobs left behind (their ranks are killed by
+        # design here): a later run's job that attached to a stale one died in MPI_Init
+        for f in set(Path("/dev/shm").glob("mpich_shm_*")) - shm_before:
+            f.unlink(missing_ok=True)
         left = [f"{name} ({pid})" for name, pid in pids.items() if pid and Path(f"/proc/{pid}").exists()]
         assert not left, f"daemons still running after cluster.sh stop: {left}"
         if started:

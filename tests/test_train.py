@@ -115,7 +115,7 @@ dir = "out"
 """)
     r = _run(cfg)
     assert r.returncode == 2
-    assert "GiB per rank but 0.00 GiB are available" in r.stderr and "float32" in r.stderr
+    assert "GiB per rank but 0.00 GiB are available" in r.stderr and 'storage = "recompute"' in r.stderr
     assert "fingerprints and derivatives" not in r.stdout  # refused before fingerprinting
 
 

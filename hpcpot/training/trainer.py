@@ -569,8 +569,9 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     if vs is not None:
         log(f"final validation: E_rmse {vs.energy_rmse * 1000:.3f} meV/atom" + (f", F_rmse {vs.force_rmse:.4f} eV/Å" if with_forces else ""))
     t = ev.timing
-    log(f"model written to {path}; wall time {time.perf_counter() - t_run:.1f} s, "
-        f"{t['n']} evaluations, {1000 * t['compute'] / max(t['n'], 1):.1f} ms compute per evaluation")  # fmt: skip
+    kinds = ", ".join(f"{n} {k} at {1000 * sec / n:.1f} ms" for k, (n, sec) in ev.by_kind.items() if n)
+    log(f"model written to {path}; wall time {time.perf_counter() - t_run:.1f} s; evaluations "
+        f"(rank 0's compute each): {kinds}")  # fmt: skip
     if t.get("extra_n"):
         log(f"Levenberg–Marquardt: {t['extra_n']} JᵀJ builds, {t['extra_compute'] / t['extra_n']:.3f} s compute "
             f"and {t['extra_allreduce'] / t['extra_n']:.3f} s Allreduce each (rank 0)")  # fmt: skip

@@ -76,9 +76,15 @@ write_conf() {
     host=$(hostname -s)
     cpus=$(nproc --all)  # --all: plain nproc obeys OMP_NUM_THREADS, which callers may have set to 1
     mem=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
+    # Job ids that differ between cluster starts: MPICH names its /dev/shm segments after the
+    # PMI job (id.step), and a killed job leaves its segment behind; with ids restarting at 1
+    # every start, a later job 2 attached to that stale segment and died in MPI_Init ("UCX
+    # failed to unpack address") in every run that followed.
+    first_job=$(( ($(date +%s) % 3000000) * 20 + 100 ))
     cat >"$CONF" <<EOF
 # minimal one-node cluster on localhost (written by tests/slurm/cluster.sh)
 ClusterName=hpcpottest
+FirstJobId=$first_job
 SlurmctldHost=$host
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
