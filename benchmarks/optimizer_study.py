@@ -88,11 +88,10 @@ def main() -> None:
         ase.io.write(str(d / "train.traj"), images[:2700])
         ase.io.write(str(d / "test.traj"), images[2700:])
         alphas = [x for x in a.alphas.split(",") if x] or [""]
-        for m, alpha in [(m, x) for m in a.methods.split(",") for x in alphas]:
-            name = f"{m} α={alpha}" if len(alphas) > 1 else m
-            run = name.replace(" ", "_")
-            cfg = config(d, m, a.budget, alpha, run)
-            m = name
+        for method, alpha in [(m, x) for m in a.methods.split(",") for x in alphas]:
+            m = f"{method} α={alpha}" if len(alphas) > 1 else method  # the label in output and plot
+            run = m.replace(" ", "_")
+            cfg = config(d, method, a.budget, alpha, run)
             rc, wall, rss_mib, err = train(cfg, d)
             if rc != 0:
                 print(f"{m}: exit {rc}\n{err[-2000:]}")

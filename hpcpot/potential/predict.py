@@ -66,8 +66,9 @@ def _force_kernel(
     v_i = Σ_m dx_i/dr_m · (wF ΔF_m).  sq[j] = Σ ΔF², maxabs[j] = max |ΔF|.
 
     Pairs of one centre are contiguous (the fingerprint kernel writes them so; were they not,
-    the result would be the same, only slower): its rows of g are gathered once per kind into gk and its v contributions summed in vk, so the loops
-    over a pair's functions read contiguous memory only.  Those loops take slices (whose
+    the result would be the same, only slower): its rows of g are gathered once per kind into
+    gk and its v contributions summed in vk, so the loops over a pair's functions read
+    contiguous memory only.  Those loops take slices (whose
     indices LLVM can prove non-negative, dropping numba's wraparound test) and run with
     fastmath (vectorised reductions): on the reference set with the auto set (429 MiB of
     float64 derivatives) this kernel took 32 ms against 58 ms for a per-pair gathering
