@@ -97,3 +97,18 @@ def test_time_budget_stops_a_run_that_would_go_on(tmp_path):
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "not_converged" and "time budget of 1e-09 s reached" in status["message"]
+
+
+@pytest.mark.parametrize("on, stop", [("validation", 3), ("train", 1)])
+def test_validation_criteria_are_tested_where_validation_runs(tmp_path, on, stop):
+    """Criteria met from the first iteration: on the training set the run stops there; on the
+    validation set (evaluated every 3 iterations) at the first validated iteration, 3."""
+    cfg = Path(_cfg(tmp_path, "lbfgsb", 25))
+    cfg.write_text(cfg.read_text().replace("energy_rmse = 0\n", f'energy_rmse = 10.0\non = "{on}"\n'))
+    _train(str(cfg))
+    out = tmp_path / "out"
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == list(range(1, stop + 1))
+    assert [r["iteration"] for r in log if "val_loss" in r] == [3] * (stop == 3)
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "converged" and status["stats"]["last_iteration"] == stop

@@ -135,7 +135,7 @@ class ParallelConfig:
 class OutputConfig:
     dir: str = "run"
     overwrite: bool = False
-    validate_every: int = 10  # iterations between validation-set evaluations
+    validate_every: int = 10  # iterations between validation-set evaluations (and, with convergence.on = "validation", convergence tests)
 
 
 @dataclass
