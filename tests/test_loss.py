@@ -67,13 +67,18 @@ def test_loss_is_amps_definition(ref_structures):
     buf = prob.evaluate(p, with_grad=False)
     E, F = prob.predict(p)
     N = st.n_atoms
-    L = 0.0
+    L = L_E = 0.0
     for j in range(st.n_images):
         a0, a1 = st.atom_ptr[j], st.atom_ptr[j + 1]
-        L += 0.5 * ((E[j] - st.energy[j]) / N[j]) ** 2
+        L_E += 0.5 * ((E[j] - st.energy[j]) / N[j]) ** 2
         L += 0.5 * alpha / (3 * N[j]) * np.sum((F[a0:a1] - st.forces[a0:a1]) ** 2)
+    L += L_E
     assert buf[0] == pytest.approx(L, rel=1e-12)
     assert buf[2] == st.n_images and buf[4] == 3 * N.sum()
+    # the trainer's "loss shares" line
+    from hpcpot.training.optimizers import Stats
+
+    assert Stats.from_buffer(buf).energy_share == pytest.approx(L_E / L, rel=1e-12)
 
 
 def test_empty_shard_evaluates_to_zero(ref_structures):

@@ -566,6 +566,11 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     log(summary)
     s = res.stats
     log(f"final train: E_rmse {s.energy_rmse * 1000:.3f} meV/atom" + (f", F_rmse {s.force_rmse:.4f} eV/Å" if with_forces else ""))
+    if with_forces and math.isfinite(s.energy_share):
+        # what α = force_coefficient did: on TiO2 the force term was 97% of the loss at α = 0.1
+        # and the energies paid for it (README, results on real DFT data)
+        log(f"loss shares: energy {100 * s.energy_share:.1f}%, forces {100 * (1 - s.energy_share):.1f}% "
+            f"(force_coefficient {cfg.loss.force_coefficient:g}: lower it to weight the energies more)")  # fmt: skip
     if vs is not None:
         log(f"final validation: E_rmse {vs.energy_rmse * 1000:.3f} meV/atom" + (f", F_rmse {vs.force_rmse:.4f} eV/Å" if with_forces else ""))
     t = ev.timing

@@ -31,12 +31,15 @@ class Stats:
     force_rmse: float  # eV/Å (nan without forces)
     energy_max: float = math.nan  # eV/atom
     force_max: float = math.nan  # eV/Å
+    energy_share: float = math.nan  # the energy term's part of the loss (the rest is the force term)
 
     @classmethod
     def from_buffer(cls, buf: np.ndarray, maxes: tuple[float, float] | None = None) -> Stats:
         e = math.sqrt(buf[1] / buf[2]) if buf[2] > 0 else math.nan
         f = math.sqrt(buf[3] / buf[4]) if buf[4] > 0 else math.nan
         s = cls(float(buf[0]), e, f)
+        if buf[0] > 0:
+            s.energy_share = float(0.5 * buf[1] / buf[0])
         if maxes is not None:
             s.energy_max, s.force_max = maxes
         return s
