@@ -6,7 +6,7 @@ Levenberg–Marquardt, learning curves against iteration and wall time, and time
 
 All 3000 images of ``../shared/data/o_pt111_emt_3000.traj``: training on images 0-2699, testing
 on 2700-2999 (two MD runs never seen in training), with the README's demo config
-(``examples/o_pt111.toml``) and only the method changed (``--alphas``: also the force
+(``examples/o_pt111.toml``, its [optimizer] history included) and only the method changed (``--alphas``: also the force
 coefficient, each method run once per value).  Every run stops when the test set
 reaches both 1.5 meV/atom and 0.025 eV/Å (RMSE), or after ``--budget`` seconds of
 optimisation.  Reported per method: time and iterations to that accuracy (if reached), the
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,9 @@ def config(d: Path, method: str, budget: float, alpha: str = "", name: str = "")
         head, tail = body.split("force_coefficient", 1)
         body = head + f"force_coefficient = {alpha}" + tail[tail.index("\n") :]
     name = name or method
+    # the demo's own optimiser settings (history) stay; only the method and the budget change
+    keep = {k: v for k, v in tomllib.loads(demo).get("optimizer", {}).items() if k == "history"}
+    extra = "".join(f"{k} = {v}\n" for k, v in keep.items())
     cfg = d / f"{name}.toml"
     cfg.write_text(f"""[data]
 train = ["{d / 'train.traj'}"]
@@ -46,7 +50,7 @@ validation = ["{d / 'test.traj'}"]
 method = "{method}"
 max_iterations = 1000000
 max_time = {budget}
-{EXTRA.get(method, '')}
+{extra}{EXTRA.get(method, '')}
 [convergence]
 energy_rmse = {E_GOAL}
 force_rmse = {F_GOAL}

@@ -570,7 +570,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         # what α = force_coefficient did: on TiO2 the force term was 97% of the loss at α = 0.1
         # and the energies paid for it (README, results on real DFT data)
         log(f"loss shares: energy {100 * s.energy_share:.1f}%, forces {100 * (1 - s.energy_share):.1f}% "
-            f"(force_coefficient {cfg.loss.force_coefficient:g}: lower it to weight the energies more)")  # fmt: skip
+            f"(set by force_coefficient = {cfg.loss.force_coefficient:g}; a lower value weights the energies more)")  # fmt: skip
     if vs is not None:
         log(f"final validation: E_rmse {vs.energy_rmse * 1000:.3f} meV/atom" + (f", F_rmse {vs.force_rmse:.4f} eV/Å" if with_forces else ""))
     t = ev.timing
