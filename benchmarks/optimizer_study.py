@@ -39,9 +39,9 @@ def config(d: Path, method: str, budget: float, alpha: str = "", name: str = "")
         head, tail = body.split("force_coefficient", 1)
         body = head + f"force_coefficient = {alpha}" + tail[tail.index("\n") :]
     name = name or method
-    # the demo's own optimiser settings (history) stay; only the method and the budget change
-    keep = {k: v for k, v in tomllib.loads(demo).get("optimizer", {}).items() if k == "history"}
-    extra = "".join(f"{k} = {v}\n" for k, v in keep.items())
+    # the demo's own L-BFGS history stays; only the method and the budget change
+    history = tomllib.loads(demo).get("optimizer", {}).get("history")
+    extra = f"history = {history}\n" if history else ""
     cfg = d / f"{name}.toml"
     cfg.write_text(f"""[data]
 train = ["{d / 'train.traj'}"]
