@@ -10,11 +10,12 @@ import scipy.optimize
 from hpcpot.training.optimizers.lbfgs import C1, C2, _Point, minimize_lbfgs, two_loop, wolfe_search
 
 
-def test_two_loop_equals_the_dense_inverse_update():
+@pytest.mark.parametrize("k", [0, 1, 4, 6])
+def test_two_loop_equals_the_dense_inverse_update(k):
     """With m >= the number of pairs, −H·g from the recursion equals the explicit BFGS update
-    of H0 = gamma·I applied to the same pairs (oldest first)."""
+    of H0 = gamma·I applied to the same pairs (oldest first); no pairs: −g."""
     rng = np.random.default_rng(1)
-    n, k, m = 7, 4, 6
+    n, m = 7, 6
     A = rng.normal(size=(n, n))
     A = A @ A.T + n * np.eye(n)
     S = np.zeros((m, n))
@@ -26,8 +27,10 @@ def test_two_loop_equals_the_dense_inverse_update():
         y = A @ s
         S[(2 + j) % m], Y[(2 + j) % m], rho[(2 + j) % m] = s, y, 1 / (s @ y)  # a wrapped circular buffer
         pairs.append((s, y))
-    s_last, y_last = pairs[-1]
-    H = (s_last @ y_last) / (y_last @ y_last) * np.eye(n)
+    H = np.eye(n)
+    if pairs:
+        s_last, y_last = pairs[-1]
+        H *= (s_last @ y_last) / (y_last @ y_last)
     for s, y in pairs:
         r = 1 / (s @ y)
         V = np.eye(n) - r * np.outer(y, s)
