@@ -144,8 +144,10 @@ def _write_parity(prefix: str, st, E: np.ndarray, F: np.ndarray | None) -> list[
 
     nat = st.n_atoms
     rows = ["image,source,n_atoms,energy_ref_eV,energy_pred_eV,energy_ref_eV_per_atom,energy_pred_eV_per_atom"]
-    rows += [f"{j},\"{st.sources[j]}\",{nat[j]},{st.energy[j]!r},{E[j]!r},{st.energy[j] / nat[j]!r},{E[j] / nat[j]!r}"
-             for j in range(st.n_images)]  # fmt: skip
+    # repr(float(x)): the shortest text that reads back exactly (a numpy scalar's repr is
+    # "np.float64(...)" since numpy 2, which no CSV reader parses)
+    rows += [f"{j},\"{st.sources[j]}\",{nat[j]},{float(st.energy[j])!r},{float(E[j])!r},"
+             f"{float(st.energy[j] / nat[j])!r},{float(E[j] / nat[j])!r}" for j in range(st.n_images)]  # fmt: skip
     blob = ("\n".join(rows) + "\n").encode()
     atomic_write_bytes(f"{prefix}-energies.csv", lambda fh: fh.write(blob))
     if F is not None:

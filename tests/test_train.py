@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -95,6 +96,11 @@ validate_every = 10
     assert r.returncode == 0, r.stderr
     assert "energy: RMSE" in r.stdout and "forces: RMSE" in r.stdout and "extrapolation" in r.stdout
     assert len((tmp_path / "p-energies.csv").read_text().splitlines()) == 21
+    with open(tmp_path / "p-energies.csv") as fh:  # plain numbers that read back exactly
+        rows = list(csv.DictReader(fh))
+    ref = ase.io.read(need(REF), ":20")
+    assert [float(r["energy_ref_eV"]) for r in rows] == [a.get_potential_energy() for a in ref]
+    assert all(np.isfinite(float(r["energy_pred_eV_per_atom"])) for r in rows)
     assert len((tmp_path / "p-forces.csv").read_text().splitlines()) == 1 + 20 * 14
     assert json.loads((tmp_path / "rep.json").read_text())["images"] == 20
     before = (tmp_path / "p-energies.csv").read_bytes()
