@@ -188,9 +188,7 @@ def _fingerprint_kernel(
                     dt = ex * (dfc[q] - 2.0 * eta * (rq - rs) / rc2 * fc[q]) * inv_r[q]
                     sj = slots[q]
                     for x in range(3):
-                        gx = dt * nbr_D[a + q, x]
-                        dbuf[sj, k, x] += gx
-                        dbuf[si, k, x] -= gx
+                        dbuf[sj, k, x] += dt * nbr_D[a + q, x]
                     if with_virial:
                         # ∂G/∂D = dt·D, so the virial is dt·D⊗D
                         _add_virial(W, i, k, dt * nbr_D[a + q, 0], dt * nbr_D[a + q, 1], dt * nbr_D[a + q, 2],
@@ -217,15 +215,15 @@ def _fingerprint_kernel(
                 rjk2 = djkx * djkx + djky * djky + djkz * djkz
                 if rjk2 >= rc2:
                     continue
-                # fc(R_jk) and fc'(R_jk)/R_jk as polynomials in R_jk^2: no sqrt, cos or division
-                cjk, sinc = _cos_sinc(pic2 * rjk2)
-                fcjk = 0.5 * (cjk + 1.0)
-                dfcjk_r = -0.5 * pic2 * sinc
                 ek = species[nbr_j[a + s]]
                 pidx = min(ej, ek) * n_el + max(ej, ek)
                 nlist = g4_nlist[c, pidx]
                 if nlist == 0:
                     continue
+                # fc(R_jk) and fc'(R_jk)/R_jk as polynomials in R_jk^2: no sqrt, cos or division
+                cjk, sinc = _cos_sinc(pic2 * rjk2)
+                fcjk = 0.5 * (cjk + 1.0)
+                dfcjk_r = -0.5 * pic2 * sinc
                 rik = r[s]
                 inv_ijik = inv_r[q] * inv_r[s]
                 cos = (dijx * dikx + dijy * diky + dijz * dikz) * inv_ijik
@@ -283,13 +281,23 @@ def _fingerprint_kernel(
                     dbuf[sk, f, 0] += gx_ik
                     dbuf[sk, f, 1] += gy_ik
                     dbuf[sk, f, 2] += gz_ik
-                    dbuf[si, f, 0] -= gx_ij + gx_ik
-                    dbuf[si, f, 1] -= gy_ij + gy_ik
-                    dbuf[si, f, 2] -= gz_ij + gz_ik
                     if with_virial:
                         _add_virial(W, i, f, gx_ij, gy_ij, gz_ij, dijx, dijy, dijz)
                         _add_virial(W, i, f, gx_ik, gy_ik, gz_ik, dikx, diky, dikz)
         if with_derivs:
+            # The centre's own slot: G_i is invariant under a common translation of every
+            # atom (all periodic images move with their atom), so dG_i/dr_i = −Σ_{m≠i} dG_i/dr_m.
+            # Deriving it here, instead of subtracting from it in the pair and triplet loops
+            # (3 of every 9 read-modify-writes there), also counts i's own periodic images
+            # right: their contributions went to slot si above and are overwritten.
+            for f in range(nmax):
+                for x in range(3):
+                    dbuf[si, f, x] = 0.0
+            for p in range(npair):
+                if p != si:
+                    for f in range(nmax):
+                        for x in range(3):
+                            dbuf[si, f, x] -= dbuf[p, f, x]
             for p in range(npair):
                 kd = kind[p0 + p]
                 base_ptr = dptr[p0 + p]
@@ -445,7 +453,7 @@ def compute_fingerprints(
             plen = 3 * sub_len[sp[centre], kind]
             dptr = np.zeros(len(centre) + 1, np.int64)
             np.cumsum(plen, out=dptr[1:])
-            dvals = np.empty(dptr[-1])
+            dvals = np.empty(dptr[-1], dtype)  # the kernel rounds as it stores: no float64 chunk, no copy
         else:
             centre = partner = kind = np.zeros(0, np.int64)
             pair_ptr = np.zeros(n + 1, np.int64)
@@ -462,7 +470,7 @@ def compute_fingerprints(
             par_l.append((partner + a0).astype(np.int32))
             kind_l.append(kind.astype(np.int8))
             len_l.append(plen)
-            val_l.append(dvals.astype(dtype, copy=False))
+            val_l.append(dvals)
             # pairs per image: centres of image k are its atoms
             img_of_atom = np.repeat(np.arange(lo, hi), st.n_atoms[lo:hi])
             img_pairs[lo:hi] = np.bincount(img_of_atom[centre] - lo, minlength=hi - lo)

@@ -109,15 +109,17 @@ def memory_forecast(counts: np.ndarray, n_atoms: int, sf: SymmetryFunctions, wit
     return float(b)
 
 
-def fingerprint_transient(counts: np.ndarray, n_atoms: int, sf: SymmetryFunctions, with_forces: bool) -> float:
-    """Bytes alive only while fingerprinting: one chunk's float64 values (CHUNK_PAIRS / 64
-    atoms' worth) while the chunks are copied into one array.  Measured on Mo and the
-    reference set: the high-water mark minus what stays resident is this, within ~10 MiB."""
+def fingerprint_transient(counts: np.ndarray, n_atoms: int, sf: SymmetryFunctions, with_forces: bool,
+                          itemsize: int) -> float:
+    """Bytes alive only while fingerprinting: one chunk's values (CHUNK_PAIRS / 64 atoms'
+    worth, in the storage type) while the chunks are copied into one array.  Measured on Mo
+    and the reference set: the high-water mark minus what stays resident is this, within
+    ~10 MiB."""
     if not with_forces or n_atoms == 0:
         return 0.0
     _, sub_len = sf.block_tables()
     share = min(1.0, CHUNK_PAIRS / CHUNK_NEIGHBOURS_PER_ATOM / n_atoms)
-    return share * float((counts * sub_len).sum()) * 3 * 8
+    return share * float((counts * sub_len).sum()) * 3 * (itemsize or 8)
 
 
 def lm_memory(n_params: int, rank: int) -> float:
@@ -294,7 +296,7 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     c_v = pair_kind_counts(st_v, fp.cutoff) if need_forces else np.zeros((len(els), len(els) + 1))
     need = (held + memory_forecast(c_t, len(st_t.species), sf, need_forces, itemsize)
             + memory_forecast(c_v, len(st_v.species), sf, need_forces, itemsize)
-            + fingerprint_transient(c_t, len(st_t.species), sf, need_forces))  # fmt: skip
+            + fingerprint_transient(c_t, len(st_t.species), sf, need_forces, itemsize))  # fmt: skip
     lm = 0.0
     if cfg.optimizer.method == "lm":
         n_par = Layout(els, tuple(int(n) for n in sf.n_functions), tuple(cfg.model.hidden), cfg.model.activation).n_params
