@@ -3,9 +3,10 @@
 scipy's L-BFGS-B spends 0.2 ms (history 10) to 0.8 ms (history 50) of Python and Fortran
 per evaluation on ~3000 parameters while every other rank waits; here the two-loop recursion
 and the pair update are numba kernels over circular (m × P) float32 buffers and the line
-search a few scalar operations: 4-5x less with caches warm.  After a real evaluation has
+search a few scalar operations: 4-8x less with caches warm (histories 10-50).  After a real evaluation has
 streamed its derivatives through the caches, both read their state (and Python its own
-objects) from DRAM and the gap narrows to 2-3x (``benchmarks/rank0_optimizer.py``).
+objects) from DRAM and the gap narrows to 2-3x (``benchmarks/rank0_optimizer.py``; the
+README's Performance section).
 
 The method (Nocedal & Wright, Numerical Optimization, 2nd ed., Alg. 7.4 and 3.5/3.6):
 the direction is −H·g from the two-loop recursion with H0 = (sᵀy / yᵀy)·I; the step
@@ -40,7 +41,8 @@ def two_loop(g, S, Y, rho, head, count, out):
     the parameters does one pair's update and the next pair's dot product together, so
     ``out`` is read and written count + 2 times instead of 2·count (history 50, 2962
     parameters: 50 µs against 70 µs warm, 160 against 208 µs with S and Y evicted from cache
-    by an evaluation; same result to the last bit on the tests' problems).
+    by an evaluation; the same result to the last bit as the two-pass form in an A/B on random
+    pairs).
     """
     m = S.shape[0]
     n = g.shape[0]
