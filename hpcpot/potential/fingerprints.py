@@ -132,9 +132,13 @@ def _fingerprint_kernel(
     pic = math.pi / rc
     pic2 = pic * pic
     pref4 = np.empty((g4.shape[0], g4.shape[1]))
+    zeta1 = np.full((g4.shape[0], g4.shape[1]), -1, np.int64)  # ζ − 1 where ζ is a whole number ≥ 1
     for c in range(g4.shape[0]):
         for k in range(g4.shape[1]):
             pref4[c, k] = 2.0 ** (1.0 - g4[c, k, 1])
+            zeta = g4[c, k, 1]
+            if zeta >= 1.0 and int(zeta) == zeta:
+                zeta1[c, k] = int(zeta) - 1
     for i in range(n):
         c = species[i]
         a = nbr_ptr[i]
@@ -242,11 +246,15 @@ def _fingerprint_kernel(
                     if eta != last_eta:
                         ex = math.exp(-eta * rsum / rc2)
                         last_eta = eta
-                    zi = int(zeta)
-                    if zi == zeta and zi >= 1:
+                    e1 = zeta1[c, k]
+                    if e1 >= 0:  # base^(ζ−1) by squaring: ζ = 16 is 4 squarings, not 15 products in a chain
                         pw1 = 1.0
-                        for _ in range(zi - 1):
-                            pw1 *= base
+                        sq = base
+                        while e1 > 0:
+                            if e1 & 1:
+                                pw1 *= sq
+                            sq *= sq
+                            e1 >>= 1
                     else:
                         pw1 = base ** (zeta - 1.0)
                     pref = pref4[c, k]
