@@ -24,8 +24,8 @@ from ..potential.fingerprints import (
     CHUNK_NEIGHBOURS_PER_ATOM,
     CHUNK_PAIRS,
     compute_fingerprints,
+    neighbour_statistics,
     pair_kind_counts,
-    shortest_distances,
 )
 from ..potential.modelfile import Model
 from ..potential.network import Layout, initial_parameters
@@ -278,8 +278,10 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     screen(comm, [st_t, st_v], intercept, log)
     log(f"data: {len(g_train)} training and {len(g_val)} validation images, elements {', '.join(els)} "
         f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    zero_counts = np.zeros((len(els), len(els) + 1), np.int64)
+    if fp.preset == "auto" or need_forces:  # one neighbour pass gives both
+        r_min, c_t = neighbour_statistics(st_t, fp.cutoff)
     if fp.preset == "auto":
-        r_min = shortest_distances(st_t, fp.cutoff)
         comm.allreduce_min(r_min)
         sf = generated_set(fp, list(els), r_min)
         log("fingerprints: preset \"auto\" from the training data's shortest distances (" + ", ".join(
@@ -292,8 +294,8 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     # what the process holds now (interpreter, libraries, this shard's data), what the shard
     # will store, and the chunk alive while fingerprinting
     held = resident_bytes()
-    c_t = pair_kind_counts(st_t, fp.cutoff) if need_forces else np.zeros((len(els), len(els) + 1))
-    c_v = pair_kind_counts(st_v, fp.cutoff) if need_forces else np.zeros((len(els), len(els) + 1))
+    c_t = c_t if need_forces else zero_counts
+    c_v = pair_kind_counts(st_v, fp.cutoff) if need_forces else zero_counts
     need = (held + memory_forecast(c_t, len(st_t.species), sf, need_forces, itemsize)
             + memory_forecast(c_v, len(st_v.species), sf, need_forces, itemsize)
             + fingerprint_transient(c_t, len(st_t.species), sf, need_forces, itemsize))  # fmt: skip
