@@ -3,10 +3,10 @@
 scipy's L-BFGS-B spends 0.2 ms (history 10) to 0.8 ms (history 50) of Python and Fortran
 per evaluation on ~3000 parameters while every other rank waits; here the two-loop recursion
 and the pair update are numba kernels over circular (m × P) float32 buffers and the line
-search a few scalar operations: 4-8x less with caches warm (histories 10-50).  After a real evaluation has
-streamed its derivatives through the caches, both read their state (and Python its own
-objects) from DRAM and the gap narrows to 2-3x (``benchmarks/rank0_optimizer.py``; the
-README's Performance section).
+search a few scalar operations: 4-8x less with caches warm (histories 10-50).  After a real
+evaluation has streamed its derivatives through the caches, both read their state (and
+Python its own objects) from DRAM and the gap narrows to 2-3x
+(``benchmarks/rank0_optimizer.py``; the README's Performance section).
 
 The method (Nocedal & Wright, Numerical Optimization, 2nd ed., Alg. 7.4 and 3.5/3.6):
 the direction is −H·g from the two-loop recursion with H0 = (sᵀy / yᵀy)·I; the step
@@ -113,6 +113,7 @@ def _store_pair(x_new, x, g_new, g, S, Y, rho, head):
         yy += y * y
     if not (sy > 1e-12 * yy and sy > 0):
         return False
+    # written only now: with a full buffer, head holds the oldest pair still in use
     for i in range(n):
         S[head, i] = x_new[i] - x[i]
         Y[head, i] = g_new[i] - g[i]
