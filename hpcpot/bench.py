@@ -203,6 +203,7 @@ def worker(args) -> int:
         comm.allgather(ev.timing["compute"] / max(ev.timing["n"], 1))
         if not args.startup_only:  # the same collectives as rank 0, or the job hangs
             _collectives(comm, ev)
+            _replicated(comm, ev, setup.x0, args.repeats)
         return 0
     out: dict = {"ranks": comm.size, "startup_s": startup, "rss_mib": rss}
     if not args.startup_only:
@@ -245,8 +246,22 @@ def worker(args) -> int:
     if not args.startup_only:
         out["compute_per_rank_s"] = comps
         out["collectives_s"] = _collectives(comm, ev)
+        out["replicated_eval_s"], out["allreduce_only_s"] = _replicated(comm, ev, setup.x0, args.repeats)
     print("BENCH-JSON " + json.dumps(out), flush=True)
     return 0
+
+
+def _replicated(comm, ev, p, repeats: int) -> tuple[float, float]:
+    """Every rank: (median loss+gradient as [parallel] optimizer = "replicated" evaluates,
+    one Allreduce of the buffer with its control slots and no compute between)."""
+    ev.everywhere(p)
+    med, _ = _median_time(lambda: ev.everywhere(p), repeats)
+    n = 300
+    comm.barrier()
+    t = time.perf_counter()
+    for _ in range(n):
+        comm.allreduce_sum(ev.rbuf)
+    return med, (time.perf_counter() - t) / n
 
 
 def _collectives(comm, ev, n: int = 300) -> float:
@@ -265,18 +280,19 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
     from .training.shard import balanced_ranges
 
     t1 = res1["compute_rank0_s"]
-    stage = None
-    if res2 is not None:
-        # one stage of a tree collective = the measured 2-rank Bcast + Allreduce (shared memory)
-        stage = res2["collectives_s"]
-    ib = 2 * 10e-6  # Bcast + Allreduce stage on InfiniBand-class networks, ~10 µs each for ~14 kB
+    # one stage of a tree collective: the measured 2-rank Bcast + Allreduce (rank 0 drives) or
+    # Allreduce alone (replicated optimiser), shared memory here; and on InfiniBand-class
+    # networks ~10 µs per collective of ~24 kB
+    here = {"rank0": res2["collectives_s"], "replicated": res2["allreduce_only_s"]} if res2 is not None else None
+    ib = {"rank0": 2 * 10e-6, "replicated": 10e-6}
     out = {}
     for name, key in (("scipy L-BFGS-B", "optimizer_per_eval_s"), ("hpcpot L-BFGS", "optimizer_per_eval_s_lbfgs")):
         opt = res1.get(key)
         if opt is None:
             continue
-        lines = [f"rank-0 optimiser: {name}, {1e6 * opt:.0f} µs per evaluation",
-                 f"{'ranks':>6} {'set':>6} {'imbalance':>9} {'eff (measured stage)':>21} {'eff (20 µs/stage)':>18}"]  # fmt: skip
+        lines = [f"optimiser: {name}, {1e6 * opt:.0f} µs per evaluation; efficiency with rank 0 driving "
+                 "(Bcast + Allreduce) / with a copy on every rank (Allreduce only)",
+                 f"{'ranks':>6} {'set':>6} {'imbalance':>9} {'measured stage':>21} {'10 µs/collective/stage':>24}"]  # fmt: skip
         for scale in (1, 100):
             c = np.tile(costs, scale)
             for P in (16, 64, 256):
@@ -285,10 +301,16 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
                 imb = loads.max() / loads.mean()
                 tp = t1 * scale / P * imb
                 ideal = t1 * scale / P
-                eff_here = ideal / (tp + (stage or 0) * math.log2(P) + opt) if stage is not None else math.nan
-                eff_ib = ideal / (tp + ib * math.log2(P) + opt)
-                out[f"{key}_{scale}x_{P}"] = {"imbalance": imb, "eff_this_machine": eff_here, "eff_ib": eff_ib}
-                lines.append(f"{P:6d} {str(scale) + 'x':>6} {imb:9.3f} {100 * eff_here:20.1f}% {100 * eff_ib:17.1f}%")
+                rec = {"imbalance": imb}
+                for mode in ("rank0", "replicated"):
+                    rec[f"eff_this_machine_{mode}"] = (
+                        ideal / (tp + here[mode] * math.log2(P) + opt) if here is not None else math.nan)  # fmt: skip
+                    rec[f"eff_ib_{mode}"] = ideal / (tp + ib[mode] * math.log2(P) + opt)
+                out[f"{key}_{scale}x_{P}"] = rec
+                lines.append(
+                    f"{P:6d} {str(scale) + 'x':>6} {imb:9.3f} "
+                    f"{100 * rec['eff_this_machine_rank0']:9.1f}% / {100 * rec['eff_this_machine_replicated']:5.1f}% "
+                    f"{100 * rec['eff_ib_rank0']:12.1f}% / {100 * rec['eff_ib_replicated']:5.1f}%")  # fmt: skip
         for line in lines:
             log(line)
     return out
@@ -357,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{n} rank(s): loss+gradient {1000 * d['eval_s']:.1f} ms (compute per rank "
                 f"{', '.join(f'{1000 * c:.1f}' for c in d['compute_per_rank_s'])} ms; rank 0 waits in "
                 f"Bcast {1e6 * d['bcast_s']:.0f} µs, Allreduce {1e6 * d['allreduce_s']:.0f} µs; bare Bcast+Allreduce "
-                f"{1e6 * d['collectives_s']:.0f} µs; "
+                f"{1e6 * d['collectives_s']:.0f} µs; with a copy of the optimiser on every rank: loss+gradient "
+                f"{1000 * d['replicated_eval_s']:.1f} ms, bare Allreduce {1e6 * d['allreduce_only_s']:.0f} µs; "
                 f"optimizer {1e3 * d['optimizer_per_eval_s']:.2f} ms per evaluation), anneal step {1000 * d['anneal_step_s']:.1f} ms, "
                 f"peak RSS per rank {', '.join(f'{x:.0f}' for x in d['rss_mib'])} MiB")  # fmt: skip
     results["mpi"] = mpi

@@ -230,7 +230,71 @@ CMD_GRAD = 1.0  # train loss + gradient
 CMD_LOSS = 2.0  # train loss only
 CMD_VALID = 3.0  # validation loss/RMSE only
 CMD_EXTRA = 4.0  # the caller's extra evaluation (Levenberg–Marquardt's normal equations)
+CMD_JOIN = 5.0  # every rank runs a copy of the optimiser from here (see Evaluator.everywhere)
+CMD_DONE = 6.0  # (everywhere only) the copies left the optimiser together
 FLAG_MAX = 10.0  # added to a command: also reduce the max residuals
+
+# Control slots appended to every reduction of the replicated mode: two 16-bit hashes h of
+# (command, params) as h and h², the number of ranks that caught a signal, and rank 0's
+# elapsed seconds.  Every slot sums exactly (small integers, or one non-zero term), so every
+# rank reads the same totals whatever order the MPI library adds in, and all ranks hold the
+# same h exactly when P·Σh² = (Σh)².
+N_CONTROL = 6
+
+
+def _hash16x2(params: np.ndarray, cmd: float) -> tuple[int, int]:
+    """Two 16-bit hashes of the parameters' bits and the command (~2 µs for 3000 parameters)."""
+    s = int(params.view(np.uint64).sum(dtype=np.uint64)) ^ (int(cmd) * 0x9E3779B97F4A7C15)
+    s = ((s ^ (s >> 29)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    s ^= s >> 32
+    return s & 0xFFFF, (s >> 16) & 0xFFFF
+
+
+def _all_equal(total: float, total_sq: float, size: int) -> bool:
+    """Whether the P summands of total (small integers) were all equal: P·Σh² = (Σh)²."""
+    return size * int(total_sq) == int(total) ** 2
+
+
+class ReplicaMismatch(GlobalError):
+    """The ranks' copies of the optimiser no longer agree (found by every rank at once)."""
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def why_not_replicated(comm: SerialComm, n: int) -> str | None:
+    """None when every rank can run an identical copy of the optimiser on ``n``-double
+    reductions, else the reason (every rank gets the same answer; collective).
+
+    Copies stay identical when every rank reads the same bits from each Allreduce and does
+    the same floating-point operations on them: the ranks must run the same CPU model and
+    the same Python, numpy and scipy builds, and a trial Allreduce of ``n`` doubles must
+    return the same bits everywhere (MPI does not promise that; the usual algorithms give it).
+    """
+    if comm.size == 1:
+        return None
+    import scipy
+
+    ids = comm.allgather((_cpu_model(), sys.version, np.__version__, scipy.__version__))
+    if any(i != ids[0] for i in ids):
+        return "the ranks differ in CPU model or Python/numpy/scipy build"
+    trial = np.random.default_rng(7919 + comm.rank).standard_normal(n)
+    comm.allreduce_sum(trial)
+    h1, h2 = _hash16x2(trial, 0.0)
+    agree = comm.allreduce_sum(np.array([h1, h1 * h1, h2, h2 * h2], float))
+    if not (_all_equal(agree[0], agree[1], comm.size) and _all_equal(agree[2], agree[3], comm.size)):
+        return "this MPI library's Allreduce does not return the same bits on every rank"
+    return None
 
 
 class Evaluator:
@@ -256,6 +320,13 @@ class Evaluator:
         self.cmd = np.zeros(2 + n)  # [command, arg, params...]
         self.n_head = n_head  # leading buffer entries a loss-only evaluation fills
         self.buf = np.zeros(train.buffer_size)
+        # the replicated mode's one buffer: the full loss+gradient buffer for every kind of
+        # evaluation (so a rank that asks for another kind is caught, not left waiting), then
+        # the control slots
+        self.rbuf = np.zeros(train.buffer_size + N_CONTROL)
+        self.agreed_stop = 0  # ranks that caught a signal, as of the last replicated evaluation
+        self.agreed_elapsed = 0.0  # rank 0's elapsed seconds sent with it
+        self.joined = False  # rank 0: the workers are in their copies of the optimiser
         self.extra_buf = np.zeros(extra.buffer_size) if extra is not None else None
         self.timing = {"bcast": 0.0, "compute": 0.0, "allreduce": 0.0, "n": 0}
         # count and compute seconds per kind: a training's mean over all kinds mixes cheap
@@ -310,17 +381,84 @@ class Evaluator:
         self.timing["bcast"] += time.perf_counter() - t0
         return self._run(self.cmd[0])
 
-    def serve(self) -> None:
-        """Ranks > 0: evaluate whatever rank 0 asks until it says stop."""
+    def serve(self) -> float:
+        """Ranks > 0: evaluate whatever rank 0 asks until it says stop (returns
+        :data:`CMD_STOP`) or asks every rank to run the optimiser (returns :data:`CMD_JOIN`;
+        the starting parameters are then ``self.cmd[2:]``)."""
         while True:
             self.comm.Bcast(self.cmd)
-            if self.cmd[0] == CMD_STOP:
-                return
+            if self.cmd[0] == CMD_JOIN:
+                self.join_meta = self.comm.bcast(None)
+            if self.cmd[0] in (CMD_STOP, CMD_JOIN):
+                return float(self.cmd[0])
             self._run(self.cmd[0])
 
+    def join(self, params: np.ndarray, meta: dict) -> None:
+        """Rank 0: call the workers out of :meth:`serve` into their copies of the optimiser,
+        starting from ``params``; ``meta`` (small, picklable) becomes their ``join_meta``."""
+        self.cmd[0] = CMD_JOIN
+        self.cmd[2:] = params
+        self.comm.Bcast(self.cmd)
+        self.comm.bcast(meta)
+        self.joined = True
+
+    def everywhere(self, params: np.ndarray, cmd: float = CMD_GRAD, want_max: bool = False,
+                   stop: bool = False, elapsed: float = 0.0) -> np.ndarray:  # fmt: skip
+        """Every rank, with the same ``params``: one evaluation without a broadcast (each rank
+        runs its own identical copy of the optimiser), as one ``Allreduce``.
+
+        Returns the reduced ``[head, grad]`` (or the head for loss-only and validation).
+        ``stop``: this rank caught a signal; ``elapsed``: rank 0's clock (others' is ignored).
+        Afterwards ``agreed_stop`` (ranks that caught one) and ``agreed_elapsed`` are the same
+        on every rank.  Raises :class:`ReplicaMismatch` on every rank at once when the ranks
+        passed different parameters or commands; :data:`CMD_DONE` checks that all ranks
+        left the optimiser together.
+        """
+        t1 = time.perf_counter()
+        n = self.train.buffer_size
+        rb = self.rbuf
+        with_grad = cmd == CMD_GRAD
+        prob = self.valid if cmd == CMD_VALID else self.train
+        head = n if with_grad else self.n_head
+        if prob is not None and cmd != CMD_DONE:
+            prob.evaluate(params, with_grad=with_grad, out=rb[:head])
+            rb[head:n] = 0.0
+        else:
+            rb[:n] = 0.0
+        h1, h2 = _hash16x2(params, cmd)
+        rb[n:] = (h1, h1 * h1, h2, h2 * h2, 1.0 if stop else 0.0, elapsed if self.comm.rank == 0 else 0.0)
+        t2 = time.perf_counter()
+        self.comm.allreduce_sum(rb)
+        t3 = time.perf_counter()
+        c = rb[n:]
+        if not (_all_equal(c[0], c[1], self.comm.size) and _all_equal(c[2], c[3], self.comm.size)):
+            raise ReplicaMismatch(
+                "the ranks' copies of the optimiser disagree (different parameters or a different "
+                "step), so the MPI library or the ranks' CPUs do not give bit-identical results; "
+                "resume with --restart after setting [parallel] optimizer = \"rank0\" (rank 0 then "
+                "drives and broadcasts the parameters)"
+            )
+        self.agreed_stop = int(c[4])
+        self.agreed_elapsed = float(c[5])
+        if cmd == CMD_DONE:
+            return rb[:0]
+        self.timing["compute"] += t2 - t1
+        self.timing["allreduce"] += t3 - t2
+        self.timing["n"] += 1
+        kind = self.by_kind["validation" if cmd == CMD_VALID else "loss+gradient" if with_grad else "loss only"]
+        kind[0] += 1
+        kind[1] += t2 - t1
+        if want_max:
+            mx = np.array(prob.last_max if prob is not None else (0.0, 0.0))
+            self.comm.allreduce_max(mx)
+            self.last_max = (float(mx[0]), float(mx[1]))
+        return rb[:head]
+
     def stop(self) -> None:
-        """Rank 0: release the workers."""
-        if self.comm.size > 1:
+        """Rank 0: release the workers.  Not while they run their copies of the optimiser
+        (``joined``, cleared by the caller once all copies have left): rank 0 leaving alone
+        means an error only it met, and :func:`run_guarded`'s Abort then ends them."""
+        if self.comm.size > 1 and not self.joined:
             self.cmd[0] = CMD_STOP
             self.comm.Bcast(self.cmd)
 

@@ -150,6 +150,22 @@ def test_sigterm_at_every_stage_leaves_a_usable_state(tmp_path, point, n, stage)
     assert f"resuming stage '{stage}'" in out
 
 
+@pytest.mark.mpi
+def test_sigterm_on_one_rank_stops_every_optimiser_copy(tmp_path):
+    """With a copy of the optimiser on every rank, a signal that reaches rank 1 alone still
+    stops all copies at one iteration, with a checkpoint that --restart resumes."""
+    if not MPIEXEC.exists():
+        pytest.skip("mpiexec not available")
+    cfg = small_config(tmp_path, iters=500, every=0)
+    rc, out, err = _run(2, [HELPER, "inject", "sigterm1@eval:12", str(cfg)])
+    assert rc == 0, err[-3000:]
+    st = _status(tmp_path)
+    assert st["state"] == "interrupted" and "reached 1 rank(s)" in st["message"], st
+    ck = ckpt.latest(str(tmp_path / "out" / "checkpoints"), log=lambda m: pytest.fail(m))
+    assert ck.stage == "optimize" and ck.iteration == len(_iterations(tmp_path))
+    _restart_and_finish(tmp_path, cfg)
+
+
 def test_sigterm_while_writing_the_model_finishes_the_run(tmp_path):
     cfg = small_config(tmp_path, iters=5, every=0)
     rc, out, err = _run(1, [HELPER, "inject", "sigterm@model", str(cfg)])

@@ -115,6 +115,46 @@ def test_training_history_same_on_1_2_3_ranks(tmp_path):
         assert np.allclose(hist[n], hist[1], rtol=1e-9, atol=0), (hist[1], hist[n])
 
 
+def test_optimiser_copies_on_every_rank_match_rank_0_driving(tmp_path):
+    """[parallel] optimizer = "replicated" (the default: every rank runs the optimiser on the
+    allreduced gradient, no broadcast) and "rank0" train alike, with hpcpot's L-BFGS and with
+    max-residual criteria (an extra MAX reduction) and validation on."""
+    hist = {}
+    for mode in ("replicated", "rank0"):
+        cfg = _config(tmp_path, mode, n_images=40, iters=25,
+                      extra=f"[parallel]\noptimizer = \"{mode}\"\n")  # fmt: skip
+        text = cfg.read_text().replace("[optimizer]", "[optimizer]\nmethod = \"lbfgs\"")
+        cfg.write_text(text.replace("force_rmse = 1e-9", "force_rmse = 1e-9\nforce_maxresid = 1e-9"))
+        r = run_mpi(3, ["-m", "hpcpot.train", str(cfg)])
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert ("a copy on every rank" in r.stdout) == (mode == "replicated"), r.stdout[:3000]
+        hist[mode] = np.array(_history(cfg.parent))
+        assert len(hist[mode]) == 25
+        assert json.loads((cfg.parent / "out" / "status.json").read_text())["state"] == "not_converged"
+    assert np.allclose(hist["replicated"], hist["rank0"], rtol=1e-9, atol=0)
+
+
+def test_optimiser_copies_that_disagree_stop_together(tmp_path):
+    """One bit of difference in one parameter, or one rank leaving the optimiser while the
+    other evaluates: every rank finds it in the same reduction (no hang)."""
+    cfg = _config(tmp_path, "mismatch", n_images=12)
+    r = run_mpi(2, ["tests/mpi/helper.py", "mismatch", str(cfg)], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        for what in ("agreed", "parameters differ", "commands differ"):
+            assert f"rank {rank}: {what}" in r.stdout, r.stdout
+
+
+def test_time_budget_stops_every_copy_at_the_same_iteration(tmp_path):
+    """max_time is judged on rank 0's clock, sent to every copy: all stop after iteration 1."""
+    cfg = _config(tmp_path, "budget", iters=100000)
+    cfg.write_text(cfg.read_text().replace("max_iterations = 100000", "max_iterations = 100000\nmax_time = 1e-9"))
+    r = run_mpi(2, ["-m", "hpcpot.train", str(cfg)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _history(cfg.parent) and len(_history(cfg.parent)) == 1
+    assert "time budget" in json.loads((cfg.parent / "out" / "status.json").read_text())["message"]
+
+
 def test_error_on_one_rank_ends_every_rank(tmp_path):
     cfg = _config(tmp_path, "fail", iters=1000)
     # it ends (a hang would hit the timeout, a hang detector, not a speed assumption)

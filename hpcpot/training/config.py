@@ -129,6 +129,10 @@ class CheckpointConfig:
 @dataclass
 class ParallelConfig:
     memory_per_rank: float = 0.0  # GiB; 0 = node memory / ranks on the node
+    # "replicated": every rank runs an identical copy of the optimiser on the allreduced
+    # gradient (one collective per evaluation, no wait on rank 0); "rank0": rank 0 runs it
+    # and broadcasts the parameters.  Annealing and "lm" always use "rank0".
+    optimizer: str = "replicated"
 
 
 @dataclass
@@ -169,6 +173,7 @@ _CHOICES = {
     ("fingerprints", "storage"): ("float64", "float32", "recompute"),
     ("model", "activation"): ("tanh", "sigmoid", "linear"),
     ("optimizer", "method"): ("lbfgsb", "lbfgs", "bfgs", "cg", "lm"),
+    ("parallel", "optimizer"): ("replicated", "rank0"),
     ("convergence", "on"): ("train", "validation"),
 }
 

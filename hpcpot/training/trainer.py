@@ -19,7 +19,20 @@ import numpy as np
 from .. import __version__
 from ..errors import DataError
 from ..files import atomic_write_bytes
-from ..parallel import CMD_EXTRA, CMD_LOSS, CMD_VALID, Evaluator, GlobalError, SerialComm, SignalFlag
+from ..parallel import (
+    CMD_DONE,
+    CMD_EXTRA,
+    CMD_GRAD,
+    CMD_JOIN,
+    CMD_LOSS,
+    CMD_VALID,
+    Evaluator,
+    GlobalError,
+    ReplicaMismatch,
+    SerialComm,
+    SignalFlag,
+    why_not_replicated,
+)
 from ..potential.fingerprints import (
     CHUNK_NEIGHBOURS_PER_ATOM,
     CHUNK_PAIRS,
@@ -438,16 +451,59 @@ def train(comm: SerialComm, cfg: Config, restart: bool = False, overwrite: bool 
     o = cfg.optimizer
     extra = NormalEquations(setup.train, o.force_fraction, o.lm_seed) if o.method == "lm" else None
     ev = Evaluator(comm, setup.train, setup.valid, N_HEAD, extra)
+    replicated = False
+    if comm.size > 1 and cfg.parallel.optimizer == "replicated" and o.method != "lm":
+        why = why_not_replicated(comm, ev.rbuf.size)
+        replicated = why is None
+        log("optimizer: a copy on every rank ([parallel] optimizer = \"replicated\"): one Allreduce per evaluation"
+            if replicated else f"note: [parallel] optimizer = \"replicated\" is not used, rank 0 drives: {why}")
     if comm.rank != 0:
-        ev.serve()
+        while ev.serve() == CMD_JOIN:
+            _follow(cfg, ev, flag)
         return 0
     try:
-        return _drive(comm, cfg, setup, ev, log, flag, restart, t_run, with_forces)
+        return _drive(comm, cfg, setup, ev, log, flag, restart, t_run, with_forces, replicated)
     finally:
         ev.stop()
 
 
-def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag, restart: bool, t_run: float, with_forces: bool) -> int:
+def _replicated_calls(ev: Evaluator, flag: SignalFlag, t0: float):
+    """``evaluate``, ``validate`` and ``clock`` for a copy of the optimiser on every rank:
+    evaluations without a broadcast, each carrying whether this rank caught a signal and
+    rank 0's elapsed time (``time.perf_counter() - t0``), which every copy then agrees on."""
+
+    def evaluate(p, want_max=False):
+        buf = ev.everywhere(p, CMD_GRAD, want_max, flag.received is not None, time.perf_counter() - t0)
+        evaluate.last_max = getattr(ev, "last_max", None)
+        return buf
+
+    def validate(p):
+        return Stats.from_buffer(ev.everywhere(p, CMD_VALID, False, flag.received is not None, time.perf_counter() - t0))
+
+    return evaluate, validate, lambda: ev.agreed_elapsed
+
+
+def _follow(cfg: Config, ev: Evaluator, flag: SignalFlag) -> None:
+    """Ranks > 0: run this rank's copy of the optimiser (rank 0 logs, checkpoints and writes
+    the model), then return to :meth:`Evaluator.serve`."""
+    meta = ev.join_meta
+    evaluate, validate, clock = _replicated_calls(ev, flag, time.perf_counter())
+
+    def on_iteration(it, p, elapsed):
+        if ev.agreed_stop:
+            raise Interrupted("signal")
+
+    try:
+        res = run_optimizer(evaluate, ev.cmd[2:].copy(), cfg, meta["with_forces"], LogWriter(None, lambda m: None),
+                            meta["iteration"], 0.0, validate if meta["validate"] else None, on_iteration, Best(),
+                            clock=clock)  # fmt: skip
+    except (Interrupted, NonFiniteLoss, ReplicaMismatch):
+        return  # met by every copy at once; rank 0 reports it and releases this rank
+    ev.everywhere(res.params, CMD_DONE)
+
+
+def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag, restart: bool, t_run: float,
+           with_forces: bool, replicated: bool) -> int:  # fmt: skip
     from .anneal import anneal
 
     out = cfg.output.dir
@@ -540,13 +596,30 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             extra, arrays = with_best()
             if cfg.checkpoint.every and it % cfg.checkpoint.every == 0:
                 save("optimize", it, p, {"elapsed": elapsed, **extra}, arrays)
-            check_signal("optimize", it, p, extra, arrays)
+            if not replicated:
+                check_signal("optimize", it, p, extra, arrays)
+            elif ev.agreed_stop:  # every copy stops at this iteration (rank 0's own signal
+                # counts from the next evaluation on, like any rank's)
+                path = save("optimize", it, p, extra, arrays)
+                raise Interrupted(f"a signal reached {ev.agreed_stop} rank(s): checkpoint written to {path}")
 
         log(f"optimizer: {cfg.optimizer.method}, up to {cfg.optimizer.max_iterations} iterations, "
             f"{setup.layout.n_params} parameters")  # fmt: skip
-        res = run_optimizer(evaluate, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
-                            validate if setup.valid is not None else None, on_iteration, best,
-                            normal_equations, lm_loss, opt_state)  # fmt: skip
+        if replicated:
+            ev.join(x, {"iteration": it0, "with_forces": with_forces, "validate": setup.valid is not None})
+            r_eval, r_valid, clock = _replicated_calls(ev, flag, t0)
+            try:
+                res = run_optimizer(r_eval, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
+                                    r_valid if setup.valid is not None else None, on_iteration, best, clock=clock)  # fmt: skip
+                ev.everywhere(res.params, CMD_DONE)
+            except (Interrupted, NonFiniteLoss, ReplicaMismatch):
+                ev.joined = False  # met by every copy at the same evaluation: all have left
+                raise
+            ev.joined = False
+        else:
+            res = run_optimizer(evaluate, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
+                                validate if setup.valid is not None else None, on_iteration, best,
+                                normal_equations, lm_loss, opt_state)  # fmt: skip
     except Interrupted as exc:
         log(f"stopped: {exc}; resume with --restart")
         _write_status(out, "interrupted", str(exc))

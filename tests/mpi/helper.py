@@ -3,6 +3,8 @@
     helper.py eval CONFIG OUT.npy      reduced [loss, ..., grad] at x0 + fixed perturbation
     helper.py train CONFIG             python -m hpcpot.train CONFIG --overwrite
     helper.py fail CONFIG              like train, but rank 1 raises in its 3rd evaluation
+    helper.py mismatch CONFIG          replicated evaluations in which rank 1 passes other
+                                       parameters, then another command: every rank reports
     helper.py inject SPEC CONFIG [ARGS] python -m hpcpot.train CONFIG ARGS with a fault injected
                                        on every rank (see install_fault)
 """
@@ -11,7 +13,7 @@ import sys
 
 import numpy as np
 
-from hpcpot.parallel import Evaluator, run_guarded, world
+from hpcpot.parallel import CMD_DONE, Evaluator, ReplicaMismatch, run_guarded, world
 from hpcpot.training.config import load_config
 from hpcpot.training.loss import N_HEAD
 from hpcpot.training.trainer import build
@@ -20,8 +22,9 @@ from hpcpot.training.trainer import build
 def install_fault(spec: str) -> None:
     """``KIND@POINT[:N]``: at the N-th time (default 1) this rank passes POINT, do KIND.
 
-    KIND: ``sigterm`` (the rank signals itself, as a launcher forwarding SIGTERM would) or
-    ``nan`` (the shard's loss becomes NaN; POINT must be ``eval``).  POINT: ``read`` (reading
+    KIND: ``sigterm`` (the rank signals itself, as a launcher forwarding SIGTERM would),
+    ``sigterm1`` (only rank 1 does) or ``nan`` (the shard's loss becomes NaN; POINT must be
+    ``eval``).  POINT: ``read`` (reading
     the shard), ``fingerprints``, ``anneal`` (an annealing loss evaluation), ``eval`` (a
     loss evaluation), ``model`` (writing model.json)."""
     import os
@@ -40,7 +43,7 @@ def install_fault(spec: str) -> None:
         count["n"] += 1
         if count["n"] != count["at"]:
             return False
-        if kind == "sigterm":
+        if kind == "sigterm" or (kind == "sigterm1" and os.environ.get("PMI_RANK") == "1"):
             os.kill(os.getpid(), signal.SIGTERM)
         return True
 
@@ -97,6 +100,28 @@ def main() -> int:
             buf = ev.evaluate(p).copy()
             ev.stop()
             np.save(sys.argv[3], np.concatenate([buf, setup.x0]))
+            return 0
+
+        return run_guarded(comm, run)
+    if mode == "mismatch":
+
+        def run():
+            cfg = load_config(cfgpath)
+            setup = build(comm, cfg, lambda *a: None)
+            ev = Evaluator(comm, setup.train, setup.valid, N_HEAD)
+            p = setup.x0.copy()
+            ev.everywhere(p)
+            print(f"rank {comm.rank}: agreed", flush=True)
+            if comm.rank == 1:
+                p[-1] = np.nextafter(p[-1], np.inf)  # one bit of one parameter
+            try:
+                ev.everywhere(p)
+            except ReplicaMismatch:
+                print(f"rank {comm.rank}: parameters differ", flush=True)
+            try:  # rank 0's copy has finished, rank 1's evaluates again
+                ev.everywhere(setup.x0, CMD_DONE if comm.rank == 0 else 1.0)
+            except ReplicaMismatch:
+                print(f"rank {comm.rank}: commands differ", flush=True)
             return 0
 
         return run_guarded(comm, run)

@@ -128,10 +128,11 @@ class Iterations:
     :class:`NonFiniteLoss`."""
 
     def __init__(self, cfg: Config, with_forces: bool, log: LogWriter, start_iteration: int, elapsed0: float,
-                 validate, on_iteration, best: Best):  # fmt: skip
+                 validate, on_iteration, best: Best, clock: Callable[[], float] | None = None):  # fmt: skip
         self.cfg, self.with_forces, self.log = cfg, with_forces, log
         self.validate, self.on_iteration, self.best = validate, on_iteration, best
         self.t_start = time.perf_counter() - elapsed0
+        self.clock = clock
         self.it = start_iteration
         self.stats: Stats | None = None
         self.x: np.ndarray | None = None
@@ -154,7 +155,7 @@ class Iterations:
         self.it += 1
         it = self.it
         self.stats, self.x = s, x.copy()
-        elapsed = time.perf_counter() - self.t_start
+        elapsed = self.clock() if self.clock is not None else time.perf_counter() - self.t_start
         rec = {"iteration": it, "loss": s.loss, "energy_rmse": s.energy_rmse,
                "force_rmse": s.force_rmse if with_forces else None, "elapsed": round(elapsed, 4), **(more or {})}  # fmt: skip
         line = f"iter {it:6d}  loss {s.loss:.6e}  E_rmse {s.energy_rmse * 1000:9.3f} meV/atom"
@@ -203,6 +204,7 @@ def run_optimizer(
     normal_equations: Callable[[np.ndarray, int], np.ndarray] | None = None,
     loss_only: Callable[[np.ndarray, bool], np.ndarray] | None = None,
     opt_state: dict | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> Result:
     """Minimise with scipy, or with :func:`.lm.run_lm`; ``evaluate(x, want_max)`` returns the
     reduced buffer.
@@ -212,10 +214,12 @@ def run_optimizer(
     the run so far (a restart passes the checkpoint's); updated in place.  Method "lm" also
     needs ``normal_equations(x, iteration)`` (the reduced ``[head, grad, JᵀJ]``),
     ``loss_only(x, want_max)`` (the reduced head) and ``opt_state`` (its damping, read at
-    the start and kept current for checkpoints).
+    the start and kept current for checkpoints).  ``clock()``: the elapsed seconds of the run
+    (default: this process's clock from ``elapsed0``); copies of the optimiser on several
+    ranks pass one clock they agree on, so that they stop at the same iteration.
     """
     best = best if best is not None else Best()
-    rep = Iterations(cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best)
+    rep = Iterations(cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best, clock)
     rep.x = x0.copy()
     want_max = rep.want_max
     last: dict = {}
