@@ -69,7 +69,7 @@ dir = "{d}/out"
     def loss(p):
         return float(ev.evaluate(p, CMD_LOSS)[0])
 
-    quiet = LogWriter(None, lambda *x: None)
+    quiet = LogWriter(None, lambda *a, **k: None)
     rows = []
     for seed in range(a.seeds):
         x0 = initial_parameters(lay, slope, intercept, seed)

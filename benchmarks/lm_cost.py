@@ -81,7 +81,7 @@ dir = "{tmp / 'out'}"
     for method, iters in (("lm", a.lm_iters), ("lbfgsb", a.lbfgs_iters)):
         cfg.optimizer.method = method
         cfg.optimizer.max_iterations = iters
-        log = LogWriter(None, print_fn=lambda m: None)
+        log = LogWriter(None, print_fn=lambda *a, **k: None)
         recs: list[dict] = []
         log.record = recs.append  # type: ignore[method-assign]
         t = time.perf_counter()

@@ -59,7 +59,7 @@ def overhead(method: str, P: int, history: int, cold: bool, seed: int) -> float:
         return buf
 
     with tempfile.TemporaryDirectory() as tmp:
-        log = LogWriter(str(Path(tmp) / "log.jsonl"), lambda line: print(line, file=io.StringIO()))
+        log = LogWriter(str(Path(tmp) / "log.jsonl"), lambda line, flush=True: print(line, file=io.StringIO(), flush=flush))
         run_optimizer(evaluate, x0, cfg, True, log, on_iteration=lambda it, x, el: None)
         log.close()
     return statistics.median(gaps)

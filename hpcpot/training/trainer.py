@@ -59,11 +59,12 @@ from .shard import read_shard, split_global
 
 
 def make_printer(comm: SerialComm):
-    """print() on rank 0 only, flushed line by line (no buffering surprises under srun)."""
+    """print() on rank 0 only, flushed line by line (no buffering surprises under srun);
+    ``flush=False`` for the iteration lines, which :class:`LogWriter` flushes in batches."""
 
-    def p(msg: str = "") -> None:
+    def p(msg: str = "", flush: bool = True) -> None:
         if comm.rank == 0:
-            print(msg, flush=True)
+            print(msg, flush=flush)
 
     return p
 
@@ -494,7 +495,7 @@ def _follow(cfg: Config, ev: Evaluator, flag: SignalFlag) -> None:
             raise Interrupted("signal")
 
     try:
-        res = run_optimizer(evaluate, ev.cmd[2:].copy(), cfg, meta["with_forces"], LogWriter(None, lambda m: None),
+        res = run_optimizer(evaluate, ev.cmd[2:].copy(), cfg, meta["with_forces"], LogWriter(None, lambda *a, **k: None),
                             meta["iteration"], 0.0, validate if meta["validate"] else None, on_iteration, Best(),
                             clock=clock)  # fmt: skip
     except (Interrupted, NonFiniteLoss, ReplicaMismatch):
@@ -543,6 +544,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     t0 = time.perf_counter() - elapsed0
 
     def save(stage_: str, it: int, params: np.ndarray, extra=None, arrays=None) -> str:
+        logw.flush()  # the log reaches the checkpoint's iteration before the checkpoint exists
         return ckpt.save(ck_dir, ckpt.Checkpoint(stage_, it, params, cdig, setup.data_digest,
                                                  time.perf_counter() - t0, extra or {}, arrays or {}),
                          keep=cfg.checkpoint.keep)  # fmt: skip

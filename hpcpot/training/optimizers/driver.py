@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,23 +101,47 @@ class Result:
     best: Best = dataclasses.field(default_factory=Best)
 
 
+FLUSH_EVERY_S = 1.0
+
+
 class LogWriter:
-    """The human log (stdout, line-flushed) and ``log.jsonl`` (one object per iteration)."""
+    """The human log (stdout) and ``log.jsonl`` (one object per iteration).
 
-    def __init__(self, path: str | None, print_fn: Callable[[str], None] = print):
+    Iteration lines and records reach their files at most ``FLUSH_EVERY_S`` late: a flush
+    per iteration cost ~40 µs of system calls on rank 0 (the reference set on one rank,
+    history 50: a third of what the optimiser itself spends per evaluation) while every
+    other rank waits.  :meth:`flush` runs before every checkpoint, so ``log.jsonl`` always
+    holds the checkpointed iterations, and :meth:`close` at the end.
+    """
+
+    def __init__(self, path: str | None, print_fn: Callable[..., None] = print):
         self.path = path
-        self.fh = open(path, "a", buffering=1) if path else None  # noqa: SIM115 - lives for the run
+        self.fh = open(path, "a") if path else None  # noqa: SIM115 - lives for the run
         self.print = print_fn
+        self.t_flush = time.monotonic()
 
-    def record(self, rec: dict) -> None:
+    def iteration(self, line: str, rec: dict) -> None:
+        """One iteration's progress line and record."""
+        self.print(line, flush=False)
         if self.fh:
             try:
                 self.fh.write(json.dumps(rec) + "\n")
-                self.fh.flush()
             except OSError as exc:  # disk full, quota: say which file
+                raise OSError(exc.errno, f"writing {self.path} failed: {exc.strerror or exc}") from exc
+        if time.monotonic() - self.t_flush >= FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.t_flush = time.monotonic()
+        sys.stdout.flush()
+        if self.fh:
+            try:
+                self.fh.flush()
+            except OSError as exc:
                 raise OSError(exc.errno, f"writing {self.path} failed: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
+        self.flush()
         if self.fh:
             self.fh.close()
 
@@ -175,8 +200,7 @@ class Iterations:
             line += f"  | val E {vs.energy_rmse * 1000:.3f} meV/atom"
             if with_forces:
                 line += f" F {vs.force_rmse:.4f} eV/Å"
-        self.log.print(line + f"  {elapsed:8.1f} s")
-        self.log.record(rec)
+        self.log.iteration(line + f"  {elapsed:8.1f} s", rec)
         if self.on_iteration is not None:
             self.on_iteration(it, x, elapsed)
         if c.on != "validation" or self.validate is None:
