@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 CODE = "from hpcpot.parallel import world; c = world(); print('size', c.size)"
@@ -45,3 +46,35 @@ def test_launcher_of_another_mpi_is_refused():
     # Open MPI's mpirun announcing 3 ranks to an mpi4py built with MPICH: each process is a singleton
     r = _run({"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "0"})
     assert r.returncode == 2 and "sees a world of 1" in r.stderr, r.stderr
+
+
+class _TwoRanks:
+    """Two ranks seen from rank 0: the other rank's identity, and whether the other rank's
+    copy of a reduction's result has other bits (its hash is one more)."""
+
+    size, rank = 2, 0
+
+    def __init__(self, other_id=None, other_bits=False):
+        self.other_id, self.other_bits = other_id, other_bits
+
+    def allgather(self, obj):
+        return [obj, self.other_id or obj]
+
+    def allreduce_sum(self, arr):
+        if arr.size == 4 and self.other_bits:  # the agreement check: [h1, h1², h2, h2²]
+            h1, h2 = arr[0] + 1, arr[2]
+            arr += np.array([h1, h1 * h1, h2, h2 * h2])
+        else:
+            arr *= 2
+        return arr
+
+
+def test_replicated_optimiser_only_where_every_rank_computes_alike():
+    """The optimiser runs as a copy on every rank only when the ranks share CPU model and
+    builds and an Allreduce gives every rank the same bits; otherwise the reason is given."""
+    from hpcpot.parallel import SerialComm, why_not_replicated
+
+    assert why_not_replicated(SerialComm(), 10) is None
+    assert why_not_replicated(_TwoRanks(), 3011) is None
+    assert "CPU model" in why_not_replicated(_TwoRanks(other_id=("another CPU", "", "", "")), 3011)
+    assert "same bits" in why_not_replicated(_TwoRanks(other_bits=True), 3011)
