@@ -12,10 +12,12 @@ Conventions follow Amp 1.0.1 (``amp.descriptor.gaussian``), lengths in Å:
 
 Elements are sorted alphabetically by symbol, as Amp does.
 
-Derivatives are stored sparsely, per (centre atom i, cell atom m) pair: all periodic
+Derivatives are stored sparsely, per (centre atom i, cell atom m ≠ i) pair: all periodic
 images of m add into one entry, and only the structurally non-zero functions are kept: a
-partner m ≠ i of element e moves only the functions that involve e; the self pair (i, i)
-keeps all of them.  See :class:`DerivativeBlocks`.
+partner m of element e moves only the functions that involve e.  The centre's own
+derivative is not stored: G_i is invariant under a common translation of all atoms (every
+periodic image moves with its atom), so dG_i/dr_i = −Σ_{m≠i} dG_i/dr_m, which the force
+kernel applies as it goes.  See :class:`DerivativeBlocks`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .symmetry import SymmetryFunctions
 
 # Version of the DerivativeBlocks value layout (part of the fingerprint-cache key, so that a
 # cache written with another layout is recomputed rather than misread).
-DERIVATIVE_LAYOUT = "xyz-l"
+DERIVATIVE_LAYOUT = "xyz-l, no self pair"
 CHUNK_PAIRS = 300_000  # neighbour pairs fingerprinted per chunk (bounds the transient memory)
 CHUNK_NEIGHBOURS_PER_ATOM = 64  # the estimate that sizes a chunk: CHUNK_PAIRS / 64 atoms
 
@@ -41,8 +43,9 @@ CHUNK_NEIGHBOURS_PER_ATOM = 64  # the estimate that sizes a chunk: CHUNK_PAIRS /
 class DerivativeBlocks:
     """Sparse fingerprint derivatives of a set of images.
 
-    Pair ``p`` couples centre atom ``centre[p]`` and cell atom ``partner[p]`` (atom indices
-    into the shard, both in the same image).  Its values are
+    Pair ``p`` couples centre atom ``centre[p]`` and cell atom ``partner[p]`` ≠ centre (atom
+    indices into the shard, both in the same image; dG_i/dr_i = −Σ_p of centre i, see the
+    module doc).  Its values are
     ``values[ptr[p] : ptr[p] + 3 * L]`` with ``L = sub_len[species[centre], kind[p]]``, laid
     out as ``[xyz, l]`` (three contiguous rows of L, so the force kernel's dot products over l
     run on contiguous memory): ``dG_{centre, f}/dr_{partner, xyz}`` for ``f = sub_idx[c, kind, l]``,
@@ -114,7 +117,7 @@ def _fingerprint_kernel(
     """
     n = species.shape[0]
     nmax = G.shape[1]
-    n_el = sub_len.shape[1] - 1  # the last kind is the self pair
+    n_el = sub_len.shape[1] - 1  # the tables' last kind is the self pair (not stored)
     maxnn = 0
     maxpairs = 1
     for i in range(n):
@@ -127,7 +130,9 @@ def _fingerprint_kernel(
     dfc_r = np.empty(maxnn)  # fc'(r) / r
     slots = np.empty(maxnn, np.int64)
     slot_of = np.full(n, -1, np.int64)
-    dbuf = np.zeros((maxpairs if with_derivs else 1, nmax, 3))
+    # one row per partner, and a last one that takes the terms of i's own periodic images,
+    # which translation invariance cancels (dG_i/dr_i is not stored)
+    dbuf = np.zeros((maxpairs + 1 if with_derivs else 1, nmax, 3))
     rc2 = rc * rc
     pic = math.pi / rc
     pic2 = pic * pic
@@ -148,11 +153,12 @@ def _fingerprint_kernel(
         if with_derivs:
             for p in range(npair):
                 slot_of[partner[p0 + p]] = p
+            slot_of[i] = npair
+            for p in range(npair + 1):
                 for f in range(nmax):
                     dbuf[p, f, 0] = 0.0
                     dbuf[p, f, 1] = 0.0
                     dbuf[p, f, 2] = 0.0
-        si = slot_of[i]
         for f in range(nmax):
             G[i, f] = 0.0
         if with_virial:
@@ -293,19 +299,6 @@ def _fingerprint_kernel(
                         _add_virial(W, i, f, gx_ij, gy_ij, gz_ij, dijx, dijy, dijz)
                         _add_virial(W, i, f, gx_ik, gy_ik, gz_ik, dikx, diky, dikz)
         if with_derivs:
-            # The centre's own slot: G_i is invariant under a common translation of every
-            # atom (all periodic images move with their atom), so dG_i/dr_i = −Σ_{m≠i} dG_i/dr_m.
-            # Deriving it here, instead of subtracting from it in the pair and triplet loops
-            # (3 of every 9 read-modify-writes there), also counts i's own periodic images
-            # right: their contributions went to slot si above and are overwritten.
-            for f in range(nmax):
-                for x in range(3):
-                    dbuf[si, f, x] = 0.0
-            for p in range(npair):
-                if p != si:
-                    for f in range(nmax):
-                        for x in range(3):
-                            dbuf[si, f, x] -= dbuf[p, f, x]
             for p in range(npair):
                 kd = kind[p0 + p]
                 base_ptr = dptr[p0 + p]
@@ -359,18 +352,16 @@ def _check_min_distance(st, lo: int, nbr_i: np.ndarray, nbr_D: np.ndarray) -> No
         )
 
 
-def _pairs(n: int, nbr_i: np.ndarray, nbr_j: np.ndarray, species: np.ndarray, n_el: int):
-    """Unique (centre, partner) pairs of a chunk, self pairs included, sorted by centre."""
-    codes = np.concatenate([nbr_i * n + nbr_j, np.arange(n, dtype=np.int64) * (n + 1)])
-    codes = np.unique(codes)
+def _pairs(n: int, nbr_i: np.ndarray, nbr_j: np.ndarray, species: np.ndarray):
+    """Unique (centre, partner ≠ centre) pairs of a chunk, sorted by centre."""
+    codes = np.unique(nbr_i[nbr_i != nbr_j] * n + nbr_j[nbr_i != nbr_j])
     centre, partner = np.divmod(codes, n)
-    kind = np.where(centre == partner, n_el, species[partner])
-    return centre, partner, kind
+    return centre, partner, species[partner]
 
 
 def neighbor_counts(st, cutoff: float) -> np.ndarray:
-    """Per image: number of (centre, partner) derivative pairs, self included (cheap; for
-    memory forecasts and cost-balanced sharding)."""
+    """Per image: number of (centre, partner) derivative pairs plus its atoms (cheap; the
+    cost-balanced sharding's measure of an image's work)."""
     out = np.zeros(st.n_images, np.int64)
     for k in range(st.n_images):
         s, e = st.atom_ptr[k], st.atom_ptr[k + 1]
@@ -387,8 +378,8 @@ def neighbour_statistics(st, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     * ``r_min`` (n_elements, n_elements): the shortest distance (Å) between atoms of each
       element pair within ``cutoff`` (inf for a pair never that close), for ``preset = "auto"``;
     * ``counts`` (n_elements, n_elements + 1): derivative pairs by centre element c and kind k
-      (the partner's element, or n_elements for the self pair).  With ``sub_len`` it gives
-      the exact size of the stored derivatives (memory forecasts).
+      (the partner's element; the last column, the self kind, is 0: no self pair is stored).
+      With ``sub_len`` it gives the exact size of the stored derivatives (memory forecasts).
     """
     ne = len(st.elements)
     r_min = np.full(ne * ne, np.inf)
@@ -401,9 +392,8 @@ def neighbour_statistics(st, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
             np.minimum.at(r_min, sp[i] * ne + sp[j], np.sqrt(np.einsum("ij,ij->i", D, D)))
         n = e - s
         key = np.unique(i * n + j)  # periodic images of one partner fold into one pair
-        key = key[key // n != key % n]  # i's own images fold into the self pair
+        key = key[key // n != key % n]  # i's own images have no stored pair
         np.add.at(counts, sp[key // n] * (ne + 1) + sp[key % n], 1)
-        np.add.at(counts, sp * (ne + 1) + ne, 1)
     return r_min.reshape(ne, ne), counts.reshape(ne, ne + 1)
 
 
@@ -436,7 +426,6 @@ def compute_fingerprints(
     with_virial = with_virial and with_derivs
     if tuple(st.elements) != tuple(sf.elements):
         raise ValueError(f"structures number species by {st.elements}, the fingerprint set by {sf.elements}")
-    n_el = len(sf.elements)
     sub_idx, sub_len = sf.block_tables()
     g4_list, g4_nlist = sf.g4_pair_tables()
     na = len(st.species)
@@ -460,7 +449,7 @@ def compute_fingerprints(
         nbr_ptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(ni, minlength=n), out=nbr_ptr[1:])
         if with_derivs:
-            centre, partner, kind = _pairs(n, ni, nj, sp, n_el)
+            centre, partner, kind = _pairs(n, ni, nj, sp)
             pair_ptr = np.zeros(n + 1, np.int64)
             np.cumsum(np.bincount(centre, minlength=n), out=pair_ptr[1:])
             plen = 3 * sub_len[sp[centre], kind]
@@ -543,4 +532,6 @@ def fingerprint_derivatives_dense(atoms, sf: SymmetryFunctions) -> tuple[np.ndar
         c = st.species[i]
         L = sub_len[c, k]
         dG[i, sub_idx[c, k, :L], m, :] += b.values[b.ptr[p] : b.ptr[p] + 3 * L].reshape(3, L).T
+    for i in range(n):  # the centre's own derivative, from translation invariance
+        dG[i, :, i, :] = -dG[i].sum(axis=1)
     return G, dG

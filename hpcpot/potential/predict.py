@@ -65,6 +65,10 @@ def _force_kernel(
     """Per image, while its derivatives are in cache: F̂ = −Σ dx/dr·g, residual ΔF, and
     v_i = Σ_m dx_i/dr_m · (wF ΔF_m).  sq[j] = Σ ΔF², maxabs[j] = max |ΔF|.
 
+    No pair (i, i) is stored: with dx_i/dr_i = −Σ_{m≠i} dx_i/dr_m (translation invariance),
+    the centre's own force term is the sum of its pairs' terms with the sign flipped, and
+    its own residual enters v_i as Σ_m dx_i/dr_m · (r_m − r_i).
+
     Pairs of one centre are contiguous (the fingerprint kernel writes them so; were they not,
     the result would be the same, only slower): its rows of g are gathered once per kind into
     gk and its v contributions summed in vk, so the loops over a pair's functions read
@@ -90,6 +94,9 @@ def _force_kernel(
             i = centre[p]
             c = species[i]
             _gather_rows(gk, g, row[i], sub_idx, sub_len, c)
+            sx = 0.0
+            sy = 0.0
+            sz = 0.0
             while p < pe and centre[p] == i:
                 k = kind[p]
                 vx, vy, vz = _xyz_rows(values, ptr[p], sub_len[c, k])
@@ -107,7 +114,13 @@ def _force_kernel(
                 Fhat[m, 0] -= fx
                 Fhat[m, 1] -= fy
                 Fhat[m, 2] -= fz
+                sx += fx
+                sy += fy
+                sz += fz
                 p += 1
+            Fhat[i, 0] += sx
+            Fhat[i, 1] += sy
+            Fhat[i, 2] += sz
         s = 0.0
         mx = 0.0
         for m in range(a0, a1):
@@ -122,15 +135,18 @@ def _force_kernel(
         while p < pe:
             i = centre[p]
             c = species[i]
+            ix = Fhat[i, 0]
+            iy = Fhat[i, 1]
+            iz = Fhat[i, 2]
             while p < pe and centre[p] == i:
                 k = kind[p]
                 vx, vy, vz = _xyz_rows(values, ptr[p], sub_len[c, k])
                 L = vx.shape[0]
                 vv = vk[k]
                 m = partner[p]
-                rx = Fhat[m, 0]
-                ry = Fhat[m, 1]
-                rz = Fhat[m, 2]
+                rx = Fhat[m, 0] - ix
+                ry = Fhat[m, 1] - iy
+                rz = Fhat[m, 2] - iz
                 for l in range(L):
                     vv[l] += vx[l] * rx + vy[l] * ry + vz[l] * rz
                 p += 1

@@ -71,28 +71,47 @@ def _tangent_rows(p0, p1, atom_off, centre, partner, kind, ptr, values, species,
                   sub_idx, sub_len, frow, V, ci, tgt):  # fmt: skip
     """One row per (pair with a centre of element e, component k) whose force row is drawn:
     V[r] = ∂x_centre/∂r_partner,k (scaled, dense over the functions), ci[r] = the centre's
-    row in this block of element e's atoms, tgt[r] = its Jacobian row.  Returns the count."""
+    row in this block of element e's atoms, tgt[r] = its Jacobian row; and one per (centre,
+    k) for the centre's own force row, V = ∂x_i/∂r_i,k = −Σ of its pairs' (no pair (i, i) is
+    stored).  Returns the count (at most 3 × (pairs + centres))."""
     n = 0
-    for p in range(p0, p1):
+    own = np.empty(3, np.int64)  # the centre's own rows, summed from its pairs' values
+    p = p0
+    while p < p1:
         i = centre[p] + atom_off
         c = species[i]
         if c != e:
+            p += 1
             continue
-        m = partner[p] + atom_off
-        b = ptr[p]
-        kd = kind[p]
         for k in range(3):
-            t = frow[m, k]
-            if t < 0:
-                continue
-            for f in range(V.shape[1]):
-                V[n, f] = 0.0
+            own[k] = -1
+            if frow[i, k] >= 0:
+                own[k] = n
+                for f in range(V.shape[1]):
+                    V[n, f] = 0.0
+                ci[n] = row_of_atom[i] - row_lo
+                tgt[n] = frow[i, k]
+                n += 1
+        while p < p1 and centre[p] + atom_off == i:
+            m = partner[p] + atom_off
+            b = ptr[p]
+            kd = kind[p]
             L = sub_len[c, kd]
-            for l in range(L):
-                V[n, sub_idx[c, kd, l]] = values[b + k * L + l]
-            ci[n] = row_of_atom[i] - row_lo
-            tgt[n] = t
-            n += 1
+            for k in range(3):
+                if own[k] >= 0:
+                    for l in range(L):
+                        V[own[k], sub_idx[c, kd, l]] -= values[b + k * L + l]
+                t = frow[m, k]
+                if t < 0:
+                    continue
+                for f in range(V.shape[1]):
+                    V[n, f] = 0.0
+                for l in range(L):
+                    V[n, sub_idx[c, kd, l]] = values[b + k * L + l]
+                ci[n] = row_of_atom[i] - row_lo
+                tgt[n] = t
+                n += 1
+            p += 1
     return n
 
 
@@ -290,7 +309,7 @@ class NormalEquations:
             return
         centre, partner, kind, ptr, values, p0, p1, aoff = pairs
         nf = lay.n_inputs[e]
-        cap = 3 * (p1 - p0)
+        cap = 3 * (p1 - p0 + len(np.unique(centre[p0:p1])))
         V = np.empty((cap, nf))
         ci = np.empty(cap, np.int64)
         tgt = np.empty(cap, np.int64)
