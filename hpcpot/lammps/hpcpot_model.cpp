@@ -260,6 +260,35 @@ Model Model::from_json(const std::string &text, const std::string &source) {
 
 // ------------------------------------------------------------------ evaluation
 
+namespace {
+
+// Taylor coefficients of cos x and sin x / x in y = x^2, to n = 13 (as
+// hpcpot.potential.fingerprints): on 0 <= x <= pi both are within 1.3e-15 of libm.  In the
+// triplet loop they give fc(R_jk) and fc'(R_jk)/R_jk from R_jk^2, without sqrt, cos, sin or
+// a division.
+constexpr double COS_Y[14] = {1.0, -0.5, 0.041666666666666664, -0.001388888888888889, 2.48015873015873e-05,
+                              -2.755731922398589e-07, 2.08767569878681e-09, -1.1470745597729725e-11,
+                              4.779477332387385e-14, -1.5619206968586225e-16, 4.110317623312165e-19,
+                              -8.896791392450574e-22, 1.6117375710961184e-24, -2.4795962632247976e-27};
+constexpr double SINC_Y[14] = {1.0, -0.16666666666666666, 0.008333333333333333, -0.0001984126984126984,
+                               2.7557319223985893e-06, -2.505210838544172e-08, 1.6059043836821613e-10,
+                               -7.647163731819816e-13, 2.8114572543455206e-15, -8.22063524662433e-18,
+                               1.9572941063391263e-20, -3.868170170630684e-23, 6.446950284384474e-26,
+                               -9.183689863795546e-29};
+
+// b^n for a whole n >= 0 by repeated squaring (zeta = 16 is common: 4 products, not 15)
+inline double whole_power(double b, int n) {
+  double r = 1.0;
+  while (n > 0) {
+    if (n & 1) r *= b;
+    b *= b;
+    n >>= 1;
+  }
+  return r;
+}
+
+}  // namespace
+
 double Model::atom(int c, int nn, const double *d, const int *el, double *fn, Scratch &s,
                    bool &extrapolated) const {
   const ElementModel &em = per_element[c];
@@ -316,14 +345,23 @@ double Model::atom(int c, int nn, const double *d, const int *el, double *fn, Sc
       const double Djk[3] = {Dk[0] - Dj[0], Dk[1] - Dj[1], Dk[2] - Dj[2]};
       const double rjk2 = Djk[0] * Djk[0] + Djk[1] * Djk[1] + Djk[2] * Djk[2];
       if (rjk2 >= rc2) continue;
-      const double rjk = std::sqrt(rjk2);
-      const double fcjk = 0.5 * (std::cos(pic * rjk) + 1.0);
-      const double dfcjk_r = -0.5 * pic * std::sin(pic * rjk) / rjk;
+      const double y = pic * pic * rjk2;  // fc(R_jk) = (cos(sqrt y) + 1) / 2, as polynomials in y
+      double cy = COS_Y[13], sy = SINC_Y[13];
+      for (int k = 12; k >= 0; --k) {
+        cy = cy * y + COS_Y[k];
+        sy = sy * y + SINC_Y[k];
+      }
+      const double fcjk = 0.5 * (cy + 1.0);
+      const double dfcjk_r = -0.5 * pic * pic * sy;
       const double rik = s.r[p];
       const double inv_ijik = 1.0 / (rij * rik);
       const double cos = (Dj[0] * Dk[0] + Dj[1] * Dk[1] + Dj[2] * Dk[2]) * inv_ijik;
       const double rsum = rij * rij + rik * rik + rjk2;
       const double fcs = s.fc[q] * s.fc[p] * fcjk;
+      // per-triplet factors of the derivatives (the function loop only scales them)
+      const double a_q = s.fc[p] * fcjk * s.dfc_r[q], a_p = s.fc[q] * fcjk * s.dfc_r[p];
+      const double a_jk = s.fc[q] * s.fc[p] * dfcjk_r;
+      const double cos_ii = cos / (rij * rij), cos_kk = cos / (rik * rik);
       // the exponential depends on eta only, and functions come eta by eta: cache it
       double last_eta = -1.0, ex = 0.0;
       for (int f : fl) {
@@ -334,26 +372,20 @@ double Model::atom(int c, int nn, const double *d, const int *el, double *fn, Sc
           ex = std::exp(-sf.eta * rsum / rc2);
           last_eta = sf.eta;
         }
-        double pw1;  // base^(zeta - 1), by multiplication for integer zeta
-        const int zi = static_cast<int>(sf.zeta);
-        if (zi == sf.zeta && zi >= 1) {
-          pw1 = 1.0;
-          for (int k = 1; k < zi; ++k) pw1 *= base;
-        } else {
-          pw1 = std::pow(base, sf.zeta - 1.0);
-        }
+        const int zi = static_cast<int>(sf.zeta);  // base^(zeta - 1)
+        const double pw1 = (zi == sf.zeta && zi >= 1) ? whole_power(base, zi - 1) : std::pow(base, sf.zeta - 1.0);
         const double t = sf.pref * pw1 * base * ex * fcs;
         G[f] += t;
         // t as a function of D_ij and D_ik (D_jk = D_ik - D_ij)
         const double dpow = sf.pref * sf.zeta * pw1 * sf.gamma * ex * fcs;  // dt/dcos
-        const double dlnex = -2.0 * sf.eta / rc2;
+        const double tl = t * (-2.0 * sf.eta / rc2);  // t d(ln ex)/d(R^2)
         const double tb = sf.pref * pw1 * base * ex;  // t / fcs
-        const double a_ij = t * dlnex + tb * s.fc[p] * fcjk * s.dfc_r[q];
-        const double a_ik = t * dlnex + tb * s.fc[q] * fcjk * s.dfc_r[p];
+        const double a_ij = tl + tb * a_q;
+        const double a_ik = tl + tb * a_p;
         const double cij = dpow * inv_ijik;
-        const double cii = dpow * cos / (rij * rij);
-        const double ckk = dpow * cos / (rik * rik);
-        const double gjk = t * dlnex + tb * s.fc[q] * s.fc[p] * dfcjk_r;
+        const double cii = dpow * cos_ii;
+        const double ckk = dpow * cos_kk;
+        const double gjk = tl + tb * a_jk;
         double *gj = dG + (static_cast<size_t>(q) * nf + f) * 3;
         double *gk = dG + (static_cast<size_t>(p) * nf + f) * 3;
         for (int x = 0; x < 3; ++x) {
