@@ -357,7 +357,12 @@ class Evaluator:
             out[:] = 0.0
         t2 = time.perf_counter()
         self.comm.allreduce_sum(out)
-        t3 = time.perf_counter()
+        self._account(base, with_grad, t1, t2, time.perf_counter(), prob, want_max)
+        return out
+
+    def _account(self, base: float, with_grad: bool, t1: float, t2: float, t3: float, prob, want_max: bool) -> None:
+        """Timing of one evaluation (compute t1..t2, Allreduce t2..t3) and, with ``want_max``,
+        the MAX reduction of the max residuals of ``prob`` (this rank's problem, or None)."""
         self.timing["compute"] += t2 - t1
         self.timing["allreduce"] += t3 - t2
         self.timing["n"] += 1
@@ -368,7 +373,6 @@ class Evaluator:
             mx = np.array(prob.last_max if prob is not None else (0.0, 0.0))
             self.comm.allreduce_max(mx)
             self.last_max = (float(mx[0]), float(mx[1]))
-        return out
 
     def evaluate(self, params: np.ndarray, cmd: float = CMD_GRAD, want_max: bool = False, arg: float = 0.0) -> np.ndarray:
         """Rank 0: the reduced buffer ``[loss, ΣrE², n_img, ΣΔF², n_F, grad...]`` (a view), or
@@ -442,16 +446,7 @@ class Evaluator:
         self.agreed_elapsed = float(c[5])
         if cmd == CMD_DONE:
             return rb[:0]
-        self.timing["compute"] += t2 - t1
-        self.timing["allreduce"] += t3 - t2
-        self.timing["n"] += 1
-        kind = self.by_kind["validation" if cmd == CMD_VALID else "loss+gradient" if with_grad else "loss only"]
-        kind[0] += 1
-        kind[1] += t2 - t1
-        if want_max:
-            mx = np.array(prob.last_max if prob is not None else (0.0, 0.0))
-            self.comm.allreduce_max(mx)
-            self.last_max = (float(mx[0]), float(mx[1]))
+        self._account(cmd, with_grad, t1, t2, t3, prob, want_max)
         return rb[:head]
 
     def stop(self) -> None:

@@ -607,6 +607,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
 
         log(f"optimizer: {cfg.optimizer.method}, up to {cfg.optimizer.max_iterations} iterations, "
             f"{setup.layout.n_params} parameters")  # fmt: skip
+        t_opt, tm0 = time.perf_counter(), dict(ev.timing)
         if replicated:
             ev.join(x, {"iteration": it0, "with_forces": with_forces, "validate": setup.valid is not None})
             r_eval, r_valid, clock = _replicated_calls(ev, flag, t0)
@@ -622,6 +623,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             res = run_optimizer(evaluate, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
                                 validate if setup.valid is not None else None, on_iteration, best,
                                 normal_equations, lm_loss, opt_state)  # fmt: skip
+        t_end_opt = time.perf_counter()
     except Interrupted as exc:
         log(f"stopped: {exc}; resume with --restart")
         _write_status(out, "interrupted", str(exc))
@@ -656,6 +658,12 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     kinds = ", ".join(f"{n} {k} at {1000 * sec / n:.1f} ms" for k, (n, sec) in ev.by_kind.items() if n)
     log(f"model written to {path}; wall time {time.perf_counter() - t_run:.1f} s; evaluations "
         f"(rank 0's compute each): {kinds}")  # fmt: skip
+    n_ev = t["n"] - tm0["n"]
+    if n_ev and not t.get("extra_n"):
+        # the serial part of an iteration: what no number of ranks makes faster
+        inside = sum(t[k] - tm0[k] for k in ("bcast", "compute", "allreduce"))
+        log(f"optimiser and driver (log, convergence test, checkpoints) between evaluations: "
+            f"{1e6 * (t_end_opt - t_opt - inside) / n_ev:.0f} µs per evaluation on rank 0")  # fmt: skip
     if t.get("extra_n"):
         log(f"Levenberg–Marquardt: {t['extra_n']} JᵀJ builds, {t['extra_compute'] / t['extra_n']:.3f} s compute "
             f"and {t['extra_allreduce'] / t['extra_n']:.3f} s Allreduce each (rank 0)")  # fmt: skip
