@@ -490,7 +490,6 @@ def test_sparse_blocks_hold_partner_element_functions(name):
     expect_pairs = {(i, int(m)) for i in range(n) for m in nb[i][0] if int(m) != i}
     assert set(zip(b.centre.tolist(), b.partner.tolist())) == expect_pairs
 
-    n_total = 20 if ne == 2 else int(sf.n_functions[0])
     stored = {}
     for p in range(len(b.centre)):
         i, m, k = int(b.centre[p]), int(b.partner[p]), int(b.kind[p])
