@@ -235,24 +235,28 @@ CMD_DONE = 6.0  # (everywhere only) the copies left the optimiser together
 FLAG_MAX = 10.0  # added to a command: also reduce the max residuals
 
 # Control slots appended to every reduction of the replicated mode: two 16-bit hashes h of
-# (command, params) as h and h², the number of ranks that caught a signal, and rank 0's
+# (command, params) as h and h² (_hash_slots), the number of ranks that caught a signal, and rank 0's
 # elapsed seconds.  Every slot sums exactly (small integers, or one non-zero term), so every
 # rank reads the same totals whatever order the MPI library adds in, and all ranks hold the
 # same h exactly when P·Σh² = (Σh)².
 N_CONTROL = 6
 
 
-def _hash16x2(params: np.ndarray, cmd: float) -> tuple[int, int]:
-    """Two 16-bit hashes of the parameters' bits and the command (~2 µs for 3000 parameters)."""
-    s = int(params.view(np.uint64).sum(dtype=np.uint64)) ^ (int(cmd) * 0x9E3779B97F4A7C15)
+def _hash_slots(values: np.ndarray, cmd: float) -> tuple[int, int, int, int]:
+    """(h1, h1², h2, h2²) for two 16-bit hashes of the bits of ``values`` and the command
+    (~2 µs for 3000 parameters): summed over the ranks, :func:`_hashes_agree` tells whether
+    every rank hashed the same."""
+    s = int(values.view(np.uint64).sum(dtype=np.uint64)) ^ (int(cmd) * 0x9E3779B97F4A7C15)
     s = ((s ^ (s >> 29)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     s ^= s >> 32
-    return s & 0xFFFF, (s >> 16) & 0xFFFF
+    h1, h2 = s & 0xFFFF, (s >> 16) & 0xFFFF
+    return h1, h1 * h1, h2, h2 * h2
 
 
-def _all_equal(total: float, total_sq: float, size: int) -> bool:
-    """Whether the P summands of total (small integers) were all equal: P·Σh² = (Σh)²."""
-    return size * int(total_sq) == int(total) ** 2
+def _hashes_agree(summed: np.ndarray, size: int) -> bool:
+    """Whether the ``size`` ranks' :func:`_hash_slots` that add up to ``summed`` were all
+    equal: P·Σh² = (Σh)² for both hashes (exact: small integers)."""
+    return all(size * int(summed[k + 1]) == int(summed[k]) ** 2 for k in (0, 2))
 
 
 class ReplicaMismatch(GlobalError):
@@ -290,9 +294,7 @@ def why_not_replicated(comm: SerialComm, n: int) -> str | None:
         return "the ranks differ in CPU model or Python/numpy/scipy build"
     trial = np.random.default_rng(7919 + comm.rank).standard_normal(n)
     comm.allreduce_sum(trial)
-    h1, h2 = _hash16x2(trial, 0.0)
-    agree = comm.allreduce_sum(np.array([h1, h1 * h1, h2, h2 * h2], float))
-    if not (_all_equal(agree[0], agree[1], comm.size) and _all_equal(agree[2], agree[3], comm.size)):
+    if not _hashes_agree(comm.allreduce_sum(np.array(_hash_slots(trial, 0.0), float)), comm.size):
         return "this MPI library's Allreduce does not return the same bits on every rank"
     return None
 
@@ -327,6 +329,7 @@ class Evaluator:
         self.agreed_stop = 0  # ranks that caught a signal, as of the last replicated evaluation
         self.agreed_elapsed = 0.0  # rank 0's elapsed seconds sent with it
         self.joined = False  # rank 0: the workers are in their copies of the optimiser
+        self.join_meta: dict = {}  # ranks > 0: what rank 0 sent with the last CMD_JOIN
         self.extra_buf = np.zeros(extra.buffer_size) if extra is not None else None
         self.timing = {"bcast": 0.0, "compute": 0.0, "allreduce": 0.0, "n": 0}
         # count and compute seconds per kind: a training's mean over all kinds mixes cheap
@@ -429,13 +432,12 @@ class Evaluator:
             rb[head:n] = 0.0
         else:
             rb[:n] = 0.0
-        h1, h2 = _hash16x2(params, cmd)
-        rb[n:] = (h1, h1 * h1, h2, h2 * h2, 1.0 if stop else 0.0, elapsed if self.comm.rank == 0 else 0.0)
+        rb[n:] = (*_hash_slots(params, cmd), 1.0 if stop else 0.0, elapsed if self.comm.rank == 0 else 0.0)
         t2 = time.perf_counter()
         self.comm.allreduce_sum(rb)
         t3 = time.perf_counter()
         c = rb[n:]
-        if not (_all_equal(c[0], c[1], self.comm.size) and _all_equal(c[2], c[3], self.comm.size)):
+        if not _hashes_agree(c, self.comm.size):
             raise ReplicaMismatch(
                 "the ranks' copies of the optimiser disagree (different parameters or a different "
                 "step), so the MPI library or the ranks' CPUs do not give bit-identical results; "

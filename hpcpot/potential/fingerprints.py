@@ -354,7 +354,8 @@ def _check_min_distance(st, lo: int, nbr_i: np.ndarray, nbr_D: np.ndarray) -> No
 
 def _pairs(n: int, nbr_i: np.ndarray, nbr_j: np.ndarray, species: np.ndarray):
     """Unique (centre, partner ≠ centre) pairs of a chunk, sorted by centre."""
-    codes = np.unique(nbr_i[nbr_i != nbr_j] * n + nbr_j[nbr_i != nbr_j])
+    other = nbr_i != nbr_j  # i's own periodic images have no pair
+    codes = np.unique(nbr_i[other] * n + nbr_j[other])
     centre, partner = np.divmod(codes, n)
     return centre, partner, species[partner]
 

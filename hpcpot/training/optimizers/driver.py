@@ -124,10 +124,7 @@ class LogWriter:
         """One iteration's progress line and record."""
         self.print(line, flush=False)
         if self.fh:
-            try:
-                self.fh.write(json.dumps(rec) + "\n")
-            except OSError as exc:  # disk full, quota: say which file
-                raise OSError(exc.errno, f"writing {self.path} failed: {exc.strerror or exc}") from exc
+            self._file_op(self.fh.write, json.dumps(rec) + "\n")
         if time.monotonic() - self.t_flush >= FLUSH_EVERY_S:
             self.flush()
 
@@ -135,10 +132,13 @@ class LogWriter:
         self.t_flush = time.monotonic()
         sys.stdout.flush()
         if self.fh:
-            try:
-                self.fh.flush()
-            except OSError as exc:
-                raise OSError(exc.errno, f"writing {self.path} failed: {exc.strerror or exc}") from exc
+            self._file_op(self.fh.flush)
+
+    def _file_op(self, op, *args) -> None:
+        try:
+            op(*args)
+        except OSError as exc:  # disk full, quota: say which file
+            raise OSError(exc.errno, f"writing {self.path} failed: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         self.flush()
