@@ -102,6 +102,56 @@ def _add_virial(W, i, f, gx, gy, gz, dx, dy, dz):
     W[i, f, 5] += gx * dy
 
 
+@njit(cache=True)
+def _g4_tables(g4, g4_list, g4_nlist, rc2):
+    """Per (centre element c, neighbour pair p) and position kk in ``g4_list[c, p]``: what the
+    triplet loop needs without looking at the function's parameters again.
+
+    A triplet's functions share few distinct η and (γ, ζ): the loop computes exp(−η Σr²/Rc²)
+    once per distinct η (``eta_u``, ``n_eta``) and (1 + γ cos)^(ζ−1) once per distinct (γ, ζ)
+    (``gam_u``, ``zeta_u``, ``n_gz``), and every function then takes them by index (``eta_of``,
+    ``gz_of``) in one loop with no branch, which LLVM vectorises.  Also per function: the
+    prefactor 2^(1−ζ) (``pref``), 2^(1−ζ) ζ γ (``pzg``, the factor of dG/dcos) and −2η/Rc²
+    (``dlnex``)."""
+    ne, npp, ml = g4_list.shape
+    ml = (ml + 7) // 8 * 8
+    n_pad = (g4_nlist + 7) // 8 * 8
+    pref = np.zeros((ne, npp, ml))
+    pzg = np.zeros((ne, npp, ml))
+    dlnex = np.zeros((ne, npp, ml))
+    eta_of = np.zeros((ne, npp, ml), np.int64)
+    gz_of = np.zeros((ne, npp, ml), np.int64)
+    eta_u = np.zeros((ne, npp, ml))
+    n_eta = np.zeros((ne, npp), np.int64)
+    gam_u = np.zeros((ne, npp, ml))
+    zeta_u = np.zeros((ne, npp, ml))
+    n_gz = np.zeros((ne, npp), np.int64)
+    for c in range(ne):
+        for p in range(npp):
+            for kk in range(g4_nlist[c, p]):
+                k = g4_list[c, p, kk]
+                eta, zeta, gamma = g4[c, k, 0], g4[c, k, 1], g4[c, k, 2]
+                pref[c, p, kk] = 2.0 ** (1.0 - zeta)
+                pzg[c, p, kk] = pref[c, p, kk] * zeta * gamma
+                dlnex[c, p, kk] = -2.0 * eta / rc2
+                u = 0
+                while u < n_eta[c, p] and eta_u[c, p, u] != eta:
+                    u += 1
+                if u == n_eta[c, p]:
+                    eta_u[c, p, u] = eta
+                    n_eta[c, p] += 1
+                eta_of[c, p, kk] = u
+                u = 0
+                while u < n_gz[c, p] and not (gam_u[c, p, u] == gamma and zeta_u[c, p, u] == zeta):
+                    u += 1
+                if u == n_gz[c, p]:
+                    gam_u[c, p, u] = gamma
+                    zeta_u[c, p, u] = zeta
+                    n_gz[c, p] += 1
+                gz_of[c, p, kk] = u
+    return n_pad, pref, pzg, dlnex, eta_of, gz_of, eta_u, n_eta, gam_u, zeta_u, n_gz
+
+
 @njit(cache=True, fastmath=True)
 def _fingerprint_kernel(
     species, nbr_ptr, nbr_j, nbr_D, rc,
@@ -118,6 +168,8 @@ def _fingerprint_kernel(
     n = species.shape[0]
     nmax = G.shape[1]
     n_el = sub_len.shape[1] - 1  # the tables' last kind is the self pair (not stored)
+    npp = g4_nlist.shape[1]
+    ml = g4_list.shape[2]
     maxnn = 0
     maxpairs = 1
     for i in range(n):
@@ -130,38 +182,53 @@ def _fingerprint_kernel(
     dfc_r = np.empty(maxnn)  # fc'(r) / r
     slots = np.empty(maxnn, np.int64)
     slot_of = np.full(n, -1, np.int64)
-    # one row per partner, and a last one that takes the terms of i's own periodic images,
-    # which translation invariance cancels (dG_i/dr_i is not stored)
-    dbuf = np.zeros((maxpairs + 1 if with_derivs else 1, nmax, 3))
     rc2 = rc * rc
     pic = math.pi / rc
     pic2 = pic * pic
-    pref4 = np.empty((g4.shape[0], g4.shape[1]))
-    zeta1 = np.full((g4.shape[0], g4.shape[1]), -1, np.int64)  # ζ − 1 where ζ is a whole number ≥ 1
+    n_pad, pref, pzg, dlnex, eta_of, gz_of, eta_u, n_eta, gam_u, zeta_u, n_gz = _g4_tables(g4, g4_list, g4_nlist, rc2)
+    ml = pref.shape[2]
+    # where G4 function k of centre c sits in the per-pair accumulators: (pair p, position kk)
+    pos_p = np.zeros((g4.shape[0], g4.shape[1]), np.int64)
+    pos_kk = np.zeros((g4.shape[0], g4.shape[1]), np.int64)
     for c in range(g4.shape[0]):
-        for k in range(g4.shape[1]):
-            pref4[c, k] = 2.0 ** (1.0 - g4[c, k, 1])
-            zeta = g4[c, k, 1]
-            if zeta >= 1.0 and int(zeta) == zeta:
-                zeta1[c, k] = int(zeta) - 1
+        for p in range(npp):
+            for kk in range(g4_nlist[c, p]):
+                pos_p[c, g4_list[c, p, kk]] = p
+                pos_kk[c, g4_list[c, p, kk]] = kk
+    # Per centre atom: G2 derivatives by (partner slot, function, xyz) and G4 ones by (partner
+    # slot, neighbour pair, xyz, position), one row per partner and a last one that takes the
+    # terms of i's own periodic images, which translation invariance cancels (not stored).
+    nrow = maxpairs + 1 if with_derivs else 1
+    dbuf = np.zeros((nrow, max(1, g2.shape[1]), 3))
+    d4 = np.zeros((nrow, npp, 3, ml))
+    g4acc = np.zeros((npp, ml))
+    w4 = np.zeros((npp, ml, 6))
+    ex_u = np.empty(ml)  # per triplet: exp(−η_u Σr²/Rc²)
+    pw1_u = np.empty(ml)  # (1 + γ_u cos)^(ζ_u − 1), 0 where 1 + γ cos <= 0
+    pw_u = np.empty(ml)  # (1 + γ_u cos)^ζ_u, likewise
+    tB = np.empty(ml)  # per function of a triplet: t / fc-product, dt/dcos
+    tD = np.empty(ml)
+    tP = np.empty(ml)
+    tQ = np.empty(ml)
+    tR = np.empty(ml)
     for i in range(n):
         c = species[i]
         a = nbr_ptr[i]
         nn = nbr_ptr[i + 1] - a
         p0 = pair_ptr[i]
         npair = pair_ptr[i + 1] - p0
+        ng2c = n_g2[c]
         if with_derivs:
             for p in range(npair):
                 slot_of[partner[p0 + p]] = p
             slot_of[i] = npair
-            for p in range(npair + 1):
-                for f in range(nmax):
-                    dbuf[p, f, 0] = 0.0
-                    dbuf[p, f, 1] = 0.0
-                    dbuf[p, f, 2] = 0.0
+            dbuf[: npair + 1, :ng2c, :] = 0.0
+            d4[: npair + 1] = 0.0
         for f in range(nmax):
             G[i, f] = 0.0
+        g4acc[:] = 0.0
         if with_virial:
+            w4[:] = 0.0
             for f in range(nmax):
                 for v in range(6):
                     W[i, f, v] = 0.0
@@ -187,7 +254,7 @@ def _fingerprint_kernel(
                 continue
             ej = species[nbr_j[a + q]]
             rq = r[q]
-            for k in range(n_g2[c]):
+            for k in range(ng2c):
                 if g2_el[c, k] != ej:
                     continue
                 eta = g2[c, k, 0]
@@ -204,7 +271,6 @@ def _fingerprint_kernel(
                         _add_virial(W, i, k, dt * nbr_D[a + q, 0], dt * nbr_D[a + q, 1], dt * nbr_D[a + q, 2],
                                     nbr_D[a + q, 0], nbr_D[a + q, 1], nbr_D[a + q, 2])  # fmt: skip
         # ---- G4
-        ng2c = n_g2[c]
         for q in range(nn):
             if fc[q] == 0.0:
                 continue
@@ -227,7 +293,7 @@ def _fingerprint_kernel(
                     continue
                 ek = species[nbr_j[a + s]]
                 pidx = min(ej, ek) * n_el + max(ej, ek)
-                nlist = g4_nlist[c, pidx]
+                nlist = n_pad[c, pidx]
                 if nlist == 0:
                     continue
                 # fc(R_jk) and fc'(R_jk)/R_jk as polynomials in R_jk^2: no sqrt, cos or division
@@ -239,21 +305,16 @@ def _fingerprint_kernel(
                 cos = (dijx * dikx + dijy * diky + dijz * dikz) * inv_ijik
                 rsum = rij * rij + rik * rik + rjk2
                 fcs = fc[q] * fc[s] * fcjk
-                last_eta = -1.0
-                ex = 0.0
-                for kk in range(nlist):
-                    k = g4_list[c, pidx, kk]
-                    eta = g4[c, k, 0]
-                    zeta = g4[c, k, 1]
-                    gamma = g4[c, k, 2]
-                    base = 1.0 + gamma * cos
-                    if base <= 0.0:
-                        continue
-                    if eta != last_eta:
-                        ex = math.exp(-eta * rsum / rc2)
-                        last_eta = eta
-                    e1 = zeta1[c, k]
-                    if e1 >= 0:  # base^(ζ−1) by squaring: ζ = 16 is 4 squarings, not 15 products in a chain
+                for u in range(n_eta[c, pidx]):
+                    ex_u[u] = math.exp(-eta_u[c, pidx, u] * rsum / rc2)
+                for u in range(n_gz[c, pidx]):
+                    base = 1.0 + gam_u[c, pidx, u] * cos
+                    zeta = zeta_u[c, pidx, u]
+                    if base <= 0.0:  # (1 + γ cos)^ζ is taken as 0 there, with its derivative
+                        pw1 = 0.0
+                    elif zeta >= 1.0 and int(zeta) == zeta:
+                        # base^(ζ−1) by squaring: ζ = 16 is 4 squarings, not 15 products in a chain
+                        e1 = int(zeta) - 1
                         pw1 = 1.0
                         sq = base
                         while e1 > 0:
@@ -263,41 +324,61 @@ def _fingerprint_kernel(
                             e1 >>= 1
                     else:
                         pw1 = base ** (zeta - 1.0)
-                    pref = pref4[c, k]
-                    t = pref * pw1 * base * ex * fcs
-                    f = ng2c + k
-                    G[i, f] += t
-                    if not with_derivs:
-                        continue
-                    # d t / d D_ij and d t / d D_ik (D_jk = D_ik - D_ij)
-                    dpow = pref * zeta * pw1 * gamma * ex * fcs  # dt/dcos
-                    dlnex = -2.0 * eta / rc2
-                    tb = pref * pw1 * base * ex  # t / fcs
-                    a_ij = t * dlnex + tb * fc[s] * fcjk * dfc_r[q]
-                    a_ik = t * dlnex + tb * fc[q] * fcjk * dfc_r[s]
-                    cij = dpow * inv_ijik
-                    cii = dpow * cos * inv_r[q] * inv_r[q]
-                    ckk = dpow * cos * inv_r[s] * inv_r[s]
-                    # D_jk depends on D_ij with sign -1 and on D_ik with sign +1;
-                    # the jk-dependent scalar (for both the exp and fc(R_jk)):
-                    gjk = t * dlnex + tb * fc[q] * fc[s] * dfcjk_r
-                    gx_ij = cij * dikx - cii * dijx + a_ij * dijx - gjk * djkx
-                    gy_ij = cij * diky - cii * dijy + a_ij * dijy - gjk * djky
-                    gz_ij = cij * dikz - cii * dijz + a_ij * dijz - gjk * djkz
-                    gx_ik = cij * dijx - ckk * dikx + a_ik * dikx + gjk * djkx
-                    gy_ik = cij * dijy - ckk * diky + a_ik * diky + gjk * djky
-                    gz_ik = cij * dijz - ckk * dikz + a_ik * dikz + gjk * djkz
-                    sj = slots[q]
-                    sk = slots[s]
-                    dbuf[sj, f, 0] += gx_ij
-                    dbuf[sj, f, 1] += gy_ij
-                    dbuf[sj, f, 2] += gz_ij
-                    dbuf[sk, f, 0] += gx_ik
-                    dbuf[sk, f, 1] += gy_ik
-                    dbuf[sk, f, 2] += gz_ik
-                    if with_virial:
-                        _add_virial(W, i, f, gx_ij, gy_ij, gz_ij, dijx, dijy, dijz)
-                        _add_virial(W, i, f, gx_ik, gy_ik, gz_ik, dikx, diky, dikz)
+                    pw1_u[u] = pw1
+                    pw_u[u] = pw1 * base
+                # one loop for the values with and without derivatives (bit-identical G)
+                for kk in range(nlist):
+                    u = gz_of[c, pidx, kk]
+                    e = ex_u[eta_of[c, pidx, kk]]
+                    tb = pref[c, pidx, kk] * pw_u[u] * e
+                    tB[kk] = tb
+                    tD[kk] = pzg[c, pidx, kk] * pw1_u[u] * e * fcs  # dt/dcos
+                    g4acc[pidx, kk] += tb * fcs
+                if not with_derivs:
+                    continue
+                # t = tb fcs; dt/dD_ij = P D_ij + Q D_ik and dt/dD_ik = Q D_ij + R D_ik, from
+                # the chain rule through cos θ, Σr² (D_jk = D_ik − D_ij) and the three fc:
+                x3 = fc[q] * fc[s] * dfcjk_r
+                x13 = fc[s] * fcjk * dfc_r[q] + x3
+                x23 = fc[q] * fcjk * dfc_r[s] + x3
+                cr1 = cos * inv_r[q] * inv_r[q]
+                cr2 = cos * inv_r[s] * inv_r[s]
+                for kk in range(nlist):
+                    tb = tB[kk]
+                    dpow = tD[kk]
+                    ta = tb * fcs * dlnex[c, pidx, kk]
+                    tP[kk] = 2.0 * ta + tb * x13 - dpow * cr1
+                    tQ[kk] = dpow * inv_ijik - ta - tb * x3
+                    tR[kk] = 2.0 * ta + tb * x23 - dpow * cr2
+                sj = slots[q]
+                sk = slots[s]
+                for kk in range(nlist):
+                    d4[sj, pidx, 0, kk] += tP[kk] * dijx + tQ[kk] * dikx
+                    d4[sj, pidx, 1, kk] += tP[kk] * dijy + tQ[kk] * diky
+                    d4[sj, pidx, 2, kk] += tP[kk] * dijz + tQ[kk] * dikz
+                for kk in range(nlist):
+                    d4[sk, pidx, 0, kk] += tQ[kk] * dijx + tR[kk] * dikx
+                    d4[sk, pidx, 1, kk] += tQ[kk] * dijy + tR[kk] * diky
+                    d4[sk, pidx, 2, kk] += tQ[kk] * dijz + tR[kk] * dikz
+                if with_virial:
+                    for kk in range(nlist):
+                        gx = tP[kk] * dijx + tQ[kk] * dikx
+                        gy = tP[kk] * dijy + tQ[kk] * diky
+                        gz = tP[kk] * dijz + tQ[kk] * dikz
+                        hx = tQ[kk] * dijx + tR[kk] * dikx
+                        hy = tQ[kk] * dijy + tR[kk] * diky
+                        hz = tQ[kk] * dijz + tR[kk] * dikz
+                        w4[pidx, kk, 0] += gx * dijx + hx * dikx
+                        w4[pidx, kk, 1] += gy * dijy + hy * diky
+                        w4[pidx, kk, 2] += gz * dijz + hz * dikz
+                        w4[pidx, kk, 3] += gy * dijz + hy * dikz
+                        w4[pidx, kk, 4] += gx * dijz + hx * dikz
+                        w4[pidx, kk, 5] += gx * dijy + hx * diky
+        for k in range(n_g4[c]):
+            G[i, ng2c + k] = g4acc[pos_p[c, k], pos_kk[c, k]]
+            if with_virial:
+                for v in range(6):
+                    W[i, ng2c + k, v] = w4[pos_p[c, k], pos_kk[c, k], v]
         if with_derivs:
             for p in range(npair):
                 kd = kind[p0 + p]
@@ -305,9 +386,15 @@ def _fingerprint_kernel(
                 L = sub_len[c, kd]
                 for l in range(L):
                     f = sub_idx[c, kd, l]
-                    dvals[base_ptr + l] = dbuf[p, f, 0]
-                    dvals[base_ptr + L + l] = dbuf[p, f, 1]
-                    dvals[base_ptr + 2 * L + l] = dbuf[p, f, 2]
+                    if f < ng2c:
+                        vx, vy, vz = dbuf[p, f, 0], dbuf[p, f, 1], dbuf[p, f, 2]
+                    else:
+                        pp = pos_p[c, f - ng2c]
+                        kk = pos_kk[c, f - ng2c]
+                        vx, vy, vz = d4[p, pp, 0, kk], d4[p, pp, 1, kk], d4[p, pp, 2, kk]
+                    dvals[base_ptr + l] = vx
+                    dvals[base_ptr + L + l] = vy
+                    dvals[base_ptr + 2 * L + l] = vz
 
 
 # --------------------------------------------------------------------------- drivers
