@@ -80,7 +80,7 @@ def evaluate(model, st, chunk: int = 500, log=None, with_forces: bool = True):
         a0, a1 = st.atom_ptr[lo], st.atom_ptr[hi]
         want_s = bool(has_stress[lo:hi].any())
         fp, blocks = compute_fingerprints(sub, m.sf, with_derivs=with_forces, with_virial=want_s)
-        prob = Batch(sub, fp, blocks, m.layout, m.gmin, m.gmax, tables, with_forces)
+        prob = Batch(sub, fp, blocks, m.layout, *m.input_bounds(), tables, with_forces)
         e, f = prob.predict(m.params)
         E[lo:hi] = e
         if want_s:

@@ -89,6 +89,7 @@ def export_n2p2(model: Model, outdir: str | Path, source: str = "<model>") -> li
         raise ExportError(f"activation {lay.activation!r} has no n2p2 equivalent")
     if len(lay.hidden) == 0:
         raise ExportError("a network without hidden layers: n2p2 needs at least one")
+    standard = model.scaling == "standard"
     els = list(model.sf.elements)
     z = {el: _atomic_number(el) for el in els}
     n2p2_els = sorted(els, key=lambda s: z[s])
@@ -106,9 +107,10 @@ def export_n2p2(model: Model, outdir: str | Path, source: str = "<model>") -> li
         f"number_of_elements {len(els)}",
         f"elements {' '.join(n2p2_els)}",
         "cutoff_type 1 0.0",
-        "scale_symmetry_functions",
-        "scale_min_short -1.0",
-        "scale_max_short 1.0",
+        # n2p2: Smin + (Smax - Smin)(G - min)/(max - min), or with "_sigma" (G - mean)/sigma scaled
+        # the same way: hpcpot's min-max and standardised inputs exactly
+        *(["scale_symmetry_functions_sigma", "scale_min_short 0.0", "scale_max_short 1.0"] if standard
+          else ["scale_symmetry_functions", "scale_min_short -1.0", "scale_max_short 1.0"]),
         f"global_hidden_layers_short {len(lay.hidden)}",
         f"global_nodes_short {' '.join(str(h) for h in lay.hidden)}",
         f"global_activation_short {' '.join([act] * len(lay.hidden) + ['l'])}",
@@ -116,7 +118,8 @@ def export_n2p2(model: Model, outdir: str | Path, source: str = "<model>") -> li
     ]
     sf_lines, scaling_lines = [], [
         "# symmetry function scaling data for n2p2 (hpcpot export)",
-        "# e_index sf_index sf_min sf_max sf_mean sf_sigma  (mean: midpoint; sigma unused by scale_symmetry_functions)",
+        "# e_index sf_index sf_min sf_max sf_mean sf_sigma"
+        + ("" if standard else "  (mean: midpoint; sigma unused by scale_symmetry_functions)"),
     ]
     weights: dict[str, list[str]] = {}
     for ne_, el in enumerate(n2p2_els, start=1):
@@ -125,10 +128,16 @@ def export_n2p2(model: Model, outdir: str | Path, source: str = "<model>") -> li
         sf_lines += lines
         nf = lay.n_inputs[e]
         gmin, gmax = model.gmin[e, :nf][perm], model.gmax[e, :nf][perm]
-        dead = ~(gmax > gmin)
-        gmax = np.where(dead, gmin + 1.0, gmax)
+        if standard:
+            mean, sigma = model.gmean[e, :nf][perm], model.gstd[e, :nf][perm]
+            dead = ~(sigma > 0)
+            sigma = np.where(dead, 1.0, sigma)
+        else:
+            dead = ~(gmax > gmin)
+            gmax = np.where(dead, gmin + 1.0, gmax)
+            mean, sigma = 0.5 * (gmin + gmax), np.zeros(nf)
         for p in range(nf):
-            scaling_lines.append(f"{ne_} {p + 1} {_f(gmin[p])} {_f(gmax[p])} {_f(0.5 * (gmin[p] + gmax[p]))} 0.0")
+            scaling_lines.append(f"{ne_} {p + 1} {_f(gmin[p])} {_f(gmax[p])} {_f(mean[p])} {_f(sigma[p])}")
         layers = [(W.copy(), b.copy()) for W, b in lay.unpack(model.params, e)]
         W0 = layers[0][0][:, perm]
         W0[:, dead] = 0.0

@@ -134,6 +134,7 @@ def test_wrong_type(table, key):
         ("model", "activation", "relu"),
         ("fingerprints", "preset", "amp2"),
         ("fingerprints", "storage", "float16"),
+        ("fingerprints", "scaling", "zscore"),
         ("optimizer", "method", "adam"),
         ("convergence", "on", "test"),
     ],

@@ -17,12 +17,13 @@ from test_lammps import CUTOFF, ELEMENTS, lammps_frame, make_model, structures
 
 class N2p2Reader:
     """Energy of a structure from n2p2 files: COS cutoff (type 1, alpha 0), radial type 2 and
-    narrow angular type 3 functions, min-max scaling, per-element feed-forward networks."""
+    narrow angular type 3 functions, min-max or sigma scaling, per-element feed-forward networks."""
 
     def __init__(self, folder: Path):
         from ase.data import atomic_numbers
 
         self.fns: dict[str, list[tuple]] = {}
+        self.sigma_scaling = False
         for raw in (folder / "input.nn").read_text().splitlines():
             w = raw.split("#")[0].split()
             if not w:
@@ -32,6 +33,8 @@ class N2p2Reader:
                 els = w[1:]
             elif k == "cutoff_type":
                 assert int(w[1]) == 1 and (len(w) < 3 or float(w[2]) == 0.0)
+            elif k == "scale_symmetry_functions_sigma":
+                self.sigma_scaling = True
             elif k == "scale_min_short":
                 self.smin = float(w[1])
             elif k == "scale_max_short":
@@ -61,7 +64,7 @@ class N2p2Reader:
         self.scal = {}
         for ei, el in enumerate(self.elements, start=1):
             rows = [r for r in lines if int(r[0]) == ei]
-            self.scal[el] = (np.array([float(r[2]) for r in rows]), np.array([float(r[3]) for r in rows]))
+            self.scal[el] = tuple(np.array([float(r[c]) for r in rows]) for c in (2, 3, 4, 5))
         self.nets = {}
         for el in self.elements:
             vals = [
@@ -116,8 +119,11 @@ class N2p2Reader:
                     ex = np.exp(-eta * ((r[q][sel] - rs) ** 2 + (r[s][sel] - rs) ** 2 + (rjk[sel] - rs) ** 2))
                     fc = self._fc(r[q][sel], frc) * self._fc(r[s][sel], frc) * self._fc(rjk[sel], frc)
                     G.append(2.0 ** (1.0 - zeta) * np.sum(t * ex * fc))
-            gmin, gmax = self.scal[el]
-            x = self.smin + (self.smax - self.smin) * (np.array(G) - gmin) / (gmax - gmin)
+            gmin, gmax, gmean, sigma = self.scal[el]
+            if self.sigma_scaling:  # n2p2's ST_SCALESIGMA
+                x = self.smin + (self.smax - self.smin) * (np.array(G) - gmean) / sigma
+            else:
+                x = self.smin + (self.smax - self.smin) * (np.array(G) - gmin) / (gmax - gmin)
             for (W, b), act in zip(self.nets[el], self.acts):
                 z = W @ x + b
                 x = {"t": np.tanh, "s": lambda v: 1.0 / (1.0 + np.exp(-v)), "l": lambda v: v}[act](z)
@@ -145,12 +151,12 @@ def frames():
     return {n: lammps_frame(a) for n, (a, _) in structures().items()}
 
 
-@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "linear"])
-def test_export_reproduces_hpcpot(tmp_path, frames, activation):
+@pytest.mark.parametrize("activation,scaling", [("tanh", "minmax"), ("sigmoid", "minmax"), ("linear", "minmax"), ("tanh", "standard")])
+def test_export_reproduces_hpcpot(tmp_path, frames, activation, scaling):
     from hpcpot import Calculator
 
     model = tmp_path / "model.json"
-    make_model(model, activation, list(frames.values()), widen=0.25)
+    make_model(model, activation, list(frames.values()), widen=0.25, scaling=scaling)
     out = tmp_path / "n2p2"
     res = subprocess.run(
         [sys.executable, "-m", "hpcpot.export", str(model), "--format", "n2p2", str(out)],

@@ -96,10 +96,12 @@ def job(atoms, boundary: str, name: str, **extra) -> dict:
 # ----------------------------------------------------------------------------- model
 
 
-def make_model(path: Path, activation: str, scaling_from, widen: float = 0.0) -> None:
+def make_model(path: Path, activation: str, scaling_from, widen: float = 0.0, scaling: str = "minmax") -> None:
     """Random parameters; scaling: the range of the fingerprints of ``scaling_from``, widened
     by ``widen`` times the range on each side (a range as narrow as one structure's makes
-    the energy of any other one strongly non-linear: poor for finite differences)."""
+    the energy of any other one strongly non-linear: poor for finite differences); with
+    ``scaling = "standard"`` the inputs are (G − mean)/std over ``scaling_from``, std widened
+    by 1 + 2 ``widen``."""
     from hpcpot.potential.fingerprints import fingerprints
     from hpcpot.potential.modelfile import Model
     from hpcpot.potential.network import Layout
@@ -119,6 +121,11 @@ def make_model(path: Path, activation: str, scaling_from, widen: float = 0.0) ->
     gmax = np.stack([G[sp == e].max(0) for e in range(len(ELEMENTS))])
     rng = gmax - gmin
     gmin, gmax = gmin - widen * rng, gmax + widen * rng
+    if scaling == "standard":
+        mean = np.stack([G[sp == e].mean(0) for e in range(len(ELEMENTS))])
+        std = np.stack([G[sp == e].std(0) for e in range(len(ELEMENTS))]) * (1 + 2 * widen)
+        Model(sf, lay, params, gmin, gmax, "standard", mean, np.where(rng > 0, std, 0.0)).save(str(path))
+        return
     Model(sf, lay, params, gmin, gmax).save(str(path))
 
 
@@ -158,6 +165,8 @@ def models(workdir, frames) -> dict:
     # scaling from the slab and the molecule only: the bulk cells extrapolate
     out["narrow"] = workdir / "model_narrow.json"
     make_model(out["narrow"], "tanh", [frames["slab"][0], frames["molecule"][0]])
+    out["standard"] = workdir / "model_standard.json"
+    make_model(out["standard"], "tanh", everything, widen=0.25, scaling="standard")
     return out
 
 
@@ -179,21 +188,22 @@ def run_driver(plugin: Path, model: Path, jobs: list[dict], workdir: Path, n: in
 NVE = {"steps": 200, "dt": 0.0005, "temperature": 300.0, "every": 10}
 
 
-def equality_jobs(frames, narrow: Path) -> list[dict]:
+def equality_jobs(frames, narrow: Path, standard: Path) -> list[dict]:
     jobs = [job(a, b, name) for name, (a, b) in frames.items()]
     jobs += [job(a, b, f"narrow_{name}", model=str(narrow)) for name, (a, b) in frames.items()]
+    jobs += [job(a, b, f"standard_{name}", model=str(standard)) for name, (a, b) in frames.items()]
     jobs.append(job(*frames["triclinic"], "nve", nve=NVE))
     return jobs
 
 
 @pytest.fixture(scope="module")
 def serial(plugin, models, frames, workdir):
-    return run_driver(plugin, models["tanh"], equality_jobs(frames, models["narrow"]), workdir, 1, "serial")
+    return run_driver(plugin, models["tanh"], equality_jobs(frames, models["narrow"], models["standard"]), workdir, 1, "serial")
 
 
 @pytest.fixture(scope="module")
 def two_ranks(plugin, models, frames, workdir):
-    return run_driver(plugin, models["tanh"], equality_jobs(frames, models["narrow"]), workdir, 2, "mpi2")
+    return run_driver(plugin, models["tanh"], equality_jobs(frames, models["narrow"], models["standard"]), workdir, 2, "mpi2")
 
 
 def reference(model: Path, atoms) -> tuple[float, np.ndarray]:
@@ -246,6 +256,17 @@ def test_energy_and_forces_equal_calculator(request, run, models, frames, name):
     E, F = reference(models["tanh"], frames[name][0])
     assert abs(r["energy"] - E) <= 1e-8
     assert np.abs(np.array(r["forces"]) - F).max() <= 1e-7
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_standardised_inputs_equal_calculator(serial, models, frames, name):
+    """A model with input_scaling "standard" (format 2): the pair style scales as the calculator."""
+    assert json.loads(models["standard"].read_text())["format"] == "hpcpot-model-2"
+    r = serial[f"standard_{name}"]
+    E, F = reference(models["standard"], frames[name][0])
+    assert abs(r["energy"] - E) <= 1e-8
+    assert np.abs(np.array(r["forces"]) - F).max() <= 1e-7
+    assert r["extrapolated"][0] == 0  # the range (min, max) is still the training range
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -162,8 +162,13 @@ Model Model::from_json(const std::string &text, const std::string &source) {
   Model m;
   try {
     Json d = Json::parse(text);
-    if (!d.has("format") || d.at("format").kind != Json::STRING || d.at("format").str() != "hpcpot-model-1")
-      throw std::runtime_error("not an hpcpot model file (format \"hpcpot-model-1\" expected)");
+    // format 2 = format 1 plus "input_scaling" (docs/model-format.md)
+    const std::string format = d.has("format") && d.at("format").kind == Json::STRING ? d.at("format").str() : "";
+    if (format != "hpcpot-model-1" && format != "hpcpot-model-2")
+      throw std::runtime_error("not an hpcpot model file (format \"hpcpot-model-1\" or \"hpcpot-model-2\" expected)");
+    const std::string scaling = format == "hpcpot-model-2" && d.has("input_scaling") ? d.at("input_scaling").str() : "minmax";
+    if (scaling != "minmax" && scaling != "standard")
+      throw std::runtime_error("unknown input_scaling '" + scaling + "'");
     for (const Json &e : d.at("elements").arr()) m.elements.push_back(e.str());
     const int ne = static_cast<int>(m.elements.size());
     if (ne == 0) throw std::runtime_error("no elements");
@@ -222,9 +227,20 @@ Model Model::from_json(const std::string &text, const std::string &source) {
       for (const Json &v : sc.at("max").arr()) em.gmax.push_back(v.num());
       if (static_cast<int>(em.gmin.size()) != nf || static_cast<int>(em.gmax.size()) != nf)
         throw std::runtime_error("scaling of " + el + " does not match its " + std::to_string(nf) + " functions");
+      // the network input x = (G - lo) * factor - 1: min-max takes [min, max] to [-1, 1],
+      // standardising takes mean -/+ std there, i.e. x = (G - mean) / std
+      std::vector<double> mean, sd;
+      if (scaling == "standard") {
+        for (const Json &v : sc.at("mean").arr()) mean.push_back(v.num());
+        for (const Json &v : sc.at("std").arr()) sd.push_back(v.num());
+        if (static_cast<int>(mean.size()) != nf || static_cast<int>(sd.size()) != nf)
+          throw std::runtime_error("mean/std of " + el + " do not match its " + std::to_string(nf) + " functions");
+      }
       for (int f = 0; f < nf; ++f) {
-        double rng = em.gmax[f] - em.gmin[f];
-        em.factor.push_back(rng > 0.0 ? 2.0 / rng : 0.0);
+        const double lo = scaling == "standard" ? mean[f] - sd[f] : em.gmin[f];
+        const double hi = scaling == "standard" ? mean[f] + sd[f] : em.gmax[f];
+        em.lo.push_back(lo);
+        em.factor.push_back(hi - lo > 0.0 ? 2.0 / (hi - lo) : 0.0);
       }
       em.g2_of.assign(ne, {});
       em.g4_of.assign(ne * ne, {});
@@ -401,7 +417,7 @@ double Model::atom(int c, int nn, const double *d, const int *el, double *fn, Sc
     const double rng = em.gmax[f] - em.gmin[f];
     const double tol = 1e-6 * (rng > 0.0 ? rng : 1.0);
     if (G[f] < em.gmin[f] - tol || G[f] > em.gmax[f] + tol) extrapolated = true;
-    s.x[f] = rng > 0.0 ? (G[f] - em.gmin[f]) * em.factor[f] - 1.0 : 0.0;
+    s.x[f] = em.factor[f] > 0.0 ? (G[f] - em.lo[f]) * em.factor[f] - 1.0 : 0.0;
   }
   // ---- network: forward, keeping activations' derivatives for the input gradient
   const int nl = static_cast<int>(em.layers.size());

@@ -49,7 +49,8 @@ struct Layer {
 
 struct ElementModel {
   std::vector<SymmetryFunction> functions;  // in list order: index = fingerprint component
-  std::vector<double> gmin, gmax, factor;   // scaling; factor = 2/(max-min) or 0
+  std::vector<double> gmin, gmax;           // training range (the extrapolation check)
+  std::vector<double> lo, factor;           // network input x = (G - lo) * factor - 1 (0 where factor = 0)
   std::vector<Layer> layers;                // hidden layers, then the linear output layer
   double slope = 1.0, intercept = 0.0;      // eV
   // functions grouped for the kernels: G2 by neighbour element, G4 by neighbour pair

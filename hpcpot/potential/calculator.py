@@ -68,7 +68,7 @@ class Calculator(_AseCalculator):
         # computing the derivatives once beats a second fingerprint pass when forces come next
         G, blocks = compute_fingerprints(st, m.sf, with_derivs=True, with_virial=with_stress)
         self._check_range(G, st.species)
-        prob = Batch(st, G, blocks, m.layout, m.gmin, m.gmax, m.sf.block_tables())
+        prob = Batch(st, G, blocks, m.layout, *m.input_bounds(), m.sf.block_tables())
         energy, forces = prob.predict(m.params)
         self.results["energy"] = float(energy[0])
         self.results["free_energy"] = float(energy[0])

@@ -66,6 +66,8 @@ class FingerprintConfig:
     elements: dict[str, ElementFingerprintConfig] = field(default_factory=dict)
     storage: str = "float32"  # derivatives: "float32" (default: half the bytes, gradient within 1e-9 of float64), "float64" or "recompute"
     cache: str = ""  # HDF5 fingerprint cache file ("" = off)
+    # network inputs: "minmax" (training range to [-1, 1], Amp's) or "standard" ((G - mean)/std)
+    scaling: str = "minmax"
 
 
 @dataclass
@@ -171,6 +173,7 @@ class Config:
 _CHOICES = {
     ("fingerprints", "preset"): ("default", "amp", "auto"),
     ("fingerprints", "storage"): ("float64", "float32", "recompute"),
+    ("fingerprints", "scaling"): ("minmax", "standard"),
     ("model", "activation"): ("tanh", "sigmoid", "linear"),
     ("optimizer", "method"): ("lbfgsb", "lbfgs", "bfgs", "cg", "lm"),
     ("parallel", "optimizer"): ("replicated", "rank0"),

@@ -40,7 +40,7 @@ from ..potential.fingerprints import (
     neighbour_statistics,
     pair_kind_counts,
 )
-from ..potential.modelfile import Model
+from ..potential.modelfile import Model, input_bounds
 from ..potential.network import Layout, initial_parameters
 from ..potential.structures import Structures, concat_structures, structure_arrays
 from ..potential.symmetry import SymmetryFunctions
@@ -81,6 +81,12 @@ class Setup:
     n_train: int
     n_valid: int
     data_digest: str
+    scaling: str = "minmax"
+    gmean: np.ndarray | None = None
+    gstd: np.ndarray | None = None
+
+    def model(self, params: np.ndarray) -> Model:
+        return Model(self.sf, self.layout, params, self.gmin, self.gmax, self.scaling, self.gmean, self.gstd)
 
 
 def _progress(log, label: str, total: int, t0: float):
@@ -104,6 +110,28 @@ def resident_bytes() -> float:
             return float(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def fingerprint_moments(comm: SerialComm, G: np.ndarray, species: np.ndarray, n_elements: int,
+                        varies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Mean and standard deviation (n_elements, n_max) of the training fingerprints over every
+    rank's atoms; the deviation is 0 where ``varies`` is False (a function constant in training,
+    which min-max also maps to 0).  Two passes (mean, then squared deviations): E[G²] − E[G]²
+    would cancel for functions whose spread is small beside their mean."""
+    sums = np.zeros((n_elements, G.shape[1] + 1))
+    for e in range(n_elements):
+        sel = species == e
+        sums[e, 0] = sel.sum()
+        sums[e, 1:] = G[sel].sum(axis=0)
+    comm.allreduce_sum(sums)
+    count = np.maximum(sums[:, :1], 1.0)
+    mean = sums[:, 1:] / count
+    sq = np.zeros_like(mean)
+    for e in range(n_elements):
+        sq[e] = ((G[species == e] - mean[e]) ** 2).sum(axis=0)
+    comm.allreduce_sum(sq)
+    std = np.where(varies, np.sqrt(sq / count), 0.0)
+    return mean, std
 
 
 def memory_forecast(counts: np.ndarray, n_atoms: int, sf: SymmetryFunctions, with_forces: bool, itemsize: int) -> float:
@@ -373,15 +401,19 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     missing = [els[e] for e in range(ne) if not np.isfinite(gmin[e, 0])]
     if missing:
         raise GlobalError(f"element(s) {', '.join(missing)} have no atoms in the training set")
+    gmean = gstd = None
+    if fp.scaling == "standard":
+        gmean, gstd = fingerprint_moments(comm, G_t, st_t.species, ne, gmax > gmin)
+    lo, hi = input_bounds(fp.scaling, gmin, gmax, gmean, gstd)
     layout = Layout(els, tuple(int(n) for n in sf.n_functions), tuple(cfg.model.hidden), cfg.model.activation)
     x0 = initial_parameters(layout, slope, intercept, cfg.model.seed)
     tables = sf.block_tables()
     rec = sf if (need_forces and not store) else None
-    train = ShardProblem(st_t, G_t, b_t, layout, gmin, gmax, tables, alpha, recompute=rec)
+    train = ShardProblem(st_t, G_t, b_t, layout, lo, hi, tables, alpha, recompute=rec)
     n_val = len(g_val)
-    valid = ShardProblem(st_v, G_v, b_v, layout, gmin, gmax, tables, alpha, recompute=rec) if n_val else None
+    valid = ShardProblem(st_v, G_v, b_v, layout, lo, hi, tables, alpha, recompute=rec) if n_val else None
     digest = data_digest(comm, st_t, st_v)
-    return Setup(sf, layout, train, valid, gmin, gmax, x0, len(g_train), n_val, digest)
+    return Setup(sf, layout, train, valid, gmin, gmax, x0, len(g_train), n_val, digest, fp.scaling, gmean, gstd)
 
 
 def print_header(comm: SerialComm, cfg: Config, log) -> None:
@@ -633,12 +665,12 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         return _stop_nonfinite(exc, setup, out, save, log, logw)
     extra, arrays = with_best()
     save("done", res.iterations, res.params, extra, arrays)
-    model = Model(setup.sf, setup.layout, res.params, setup.gmin, setup.gmax)
+    model = setup.model(res.params)
     path = os.path.join(out, "model.json")
     model.save(path, overwrite=True)  # prepare_output already protected any earlier model
     best_note = None
     if best.params is not None:
-        Model(setup.sf, setup.layout, best.params, setup.gmin, setup.gmax).save(os.path.join(out, "model_best.json"), overwrite=True)
+        setup.model(best.params).save(os.path.join(out, "model_best.json"), overwrite=True)
         best_note = {"iteration": best.iteration, "validation_loss": best.loss}
         log(f"model_best.json: the parameters of iteration {best.iteration}, the lowest validation loss "
             f"({best.loss:.6e}) among the iterations validated; model.json: the last iteration ({res.iterations})")  # fmt: skip
@@ -682,7 +714,7 @@ def _stop_nonfinite(exc: NonFiniteLoss, setup: Setup, out: str, save, log, logw)
     note = "no iteration was accepted: no model written"
     if finite:
         path = save("optimize", exc.iteration, exc.params)
-        Model(setup.sf, setup.layout, exc.params, setup.gmin, setup.gmax).save(os.path.join(out, "model.json"), overwrite=True)
+        setup.model(exc.params).save(os.path.join(out, "model.json"), overwrite=True)
         note = (f"model.json and {path} hold the parameters of iteration {exc.iteration}, the last with a finite loss")
         log(note)
     _write_status(out, "nonfinite_loss", f"{exc}; {note}",
