@@ -81,7 +81,7 @@ def test_standardised_model_file_and_its_readers_agree(tmp_path):
     assert rep.force_rmse_ev_per_a == pytest.approx(status["stats"]["validation"]["force_rmse"], rel=1e-9)
     assert evaluate(model, st.subset(np.asarray(train_idx)), with_forces=False)[0].extrapolated_atoms_percent == 0.0
 
-    # a min-max model file stays format 1, readable by older readers
+    # a min-max model file stays format 1, readable by older readers (also written by training: below)
     Model(model.sf, model.layout, model.params, model.gmin, model.gmax).save(str(tmp_path / "mm.json"))
     assert json.loads((tmp_path / "mm.json").read_text())["format"] == "hpcpot-model-1"
 
@@ -114,3 +114,18 @@ def test_standardised_training_same_on_1_and_2_ranks(tmp_path):
         for k in ("mean", "std", "min", "max"):
             np.testing.assert_allclose(runs[2][0]["scaling"][el][k], sc[k], rtol=1e-12, atol=1e-14)
     assert np.allclose(runs[2][1], runs[1][1], rtol=1e-9, atol=0)
+
+
+def test_minmax_training_writes_a_format_1_model(tmp_path):
+    """scaling = "minmax" (Amp's): inputs from the training range, a file every reader knows."""
+    from hpcpot.potential.modelfile import Model
+
+    cfg = _config(tmp_path / "mm", scaling="minmax", iters=3)
+    r = subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads((tmp_path / "mm" / "out" / "model.json").read_text())
+    assert d["format"] == "hpcpot-model-1" and "input_scaling" not in d
+    assert set(d["scaling"]["Pt"]) == {"min", "max"}
+    m = Model.load(str(tmp_path / "mm" / "out" / "model.json"))
+    lo, hi = m.input_bounds()
+    assert m.scaling == "minmax" and (lo == m.gmin).all() and (hi == m.gmax).all()

@@ -66,8 +66,9 @@ class FingerprintConfig:
     elements: dict[str, ElementFingerprintConfig] = field(default_factory=dict)
     storage: str = "float32"  # derivatives: "float32" (default: half the bytes, gradient within 1e-9 of float64), "float64" or "recompute"
     cache: str = ""  # HDF5 fingerprint cache file ("" = off)
-    # network inputs: "minmax" (training range to [-1, 1], Amp's) or "standard" ((G - mean)/std)
-    scaling: str = "minmax"
+    # network inputs: "standard" ((G - mean)/std over the training atoms) or "minmax" (training
+    # range to [-1, 1], Amp's).  TiO2, 28 min: 3.95 -> 3.18 meV/atom held-out RMSE (README)
+    scaling: str = "standard"
 
 
 @dataclass
