@@ -112,7 +112,9 @@ def _g4_tables(g4, g4_list, g4_nlist, rc2):
     (``gam_u``, ``zeta_u``, ``n_gz``), and every function then takes them by index (``eta_of``,
     ``gz_of``) in one loop with no branch, which LLVM vectorises.  Also per function: the
     prefactor 2^(1−ζ) (``pref``), 2^(1−ζ) ζ γ (``pzg``, the factor of dG/dcos) and −2η/Rc²
-    (``dlnex``)."""
+    (``dlnex``).  Per G4 function k of centre c, where it sits in those lists: pair
+    ``pos_p[c, k]``, position ``pos_kk[c, k]``.  List lengths are padded to a multiple of 8
+    (``n_pad``; padding functions have zero prefactors)."""
     ne, npp, ml = g4_list.shape
     ml = (ml + 7) // 8 * 8
     n_pad = (g4_nlist + 7) // 8 * 8
@@ -126,10 +128,14 @@ def _g4_tables(g4, g4_list, g4_nlist, rc2):
     gam_u = np.zeros((ne, npp, ml))
     zeta_u = np.zeros((ne, npp, ml))
     n_gz = np.zeros((ne, npp), np.int64)
+    pos_p = np.zeros((ne, g4.shape[1]), np.int64)
+    pos_kk = np.zeros((ne, g4.shape[1]), np.int64)
     for c in range(ne):
         for p in range(npp):
             for kk in range(g4_nlist[c, p]):
                 k = g4_list[c, p, kk]
+                pos_p[c, k] = p
+                pos_kk[c, k] = kk
                 eta, zeta, gamma = g4[c, k, 0], g4[c, k, 1], g4[c, k, 2]
                 pref[c, p, kk] = 2.0 ** (1.0 - zeta)
                 pzg[c, p, kk] = pref[c, p, kk] * zeta * gamma
@@ -149,7 +155,7 @@ def _g4_tables(g4, g4_list, g4_nlist, rc2):
                     zeta_u[c, p, u] = zeta
                     n_gz[c, p] += 1
                 gz_of[c, p, kk] = u
-    return n_pad, pref, pzg, dlnex, eta_of, gz_of, eta_u, n_eta, gam_u, zeta_u, n_gz
+    return n_pad, pref, pzg, dlnex, eta_of, gz_of, eta_u, n_eta, gam_u, zeta_u, n_gz, pos_p, pos_kk
 
 
 @njit(cache=True, fastmath=True)
@@ -169,7 +175,6 @@ def _fingerprint_kernel(
     nmax = G.shape[1]
     n_el = sub_len.shape[1] - 1  # the tables' last kind is the self pair (not stored)
     npp = g4_nlist.shape[1]
-    ml = g4_list.shape[2]
     maxnn = 0
     maxpairs = 1
     for i in range(n):
@@ -185,16 +190,10 @@ def _fingerprint_kernel(
     rc2 = rc * rc
     pic = math.pi / rc
     pic2 = pic * pic
-    n_pad, pref, pzg, dlnex, eta_of, gz_of, eta_u, n_eta, gam_u, zeta_u, n_gz = _g4_tables(g4, g4_list, g4_nlist, rc2)
-    ml = pref.shape[2]
-    # where G4 function k of centre c sits in the per-pair accumulators: (pair p, position kk)
-    pos_p = np.zeros((g4.shape[0], g4.shape[1]), np.int64)
-    pos_kk = np.zeros((g4.shape[0], g4.shape[1]), np.int64)
-    for c in range(g4.shape[0]):
-        for p in range(npp):
-            for kk in range(g4_nlist[c, p]):
-                pos_p[c, g4_list[c, p, kk]] = p
-                pos_kk[c, g4_list[c, p, kk]] = kk
+    n_pad, pref, pzg, dlnex, eta_of, gz_of, eta_u, n_eta, gam_u, zeta_u, n_gz, pos_p, pos_kk = _g4_tables(
+        g4, g4_list, g4_nlist, rc2
+    )
+    ml = pref.shape[2]  # the padded list length
     # Per centre atom: G2 derivatives by (partner slot, function, xyz) and G4 ones by (partner
     # slot, neighbour pair, xyz, position), one row per partner and a last one that takes the
     # terms of i's own periodic images, which translation invariance cancels (not stored).

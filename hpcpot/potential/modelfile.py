@@ -44,8 +44,12 @@ class Model:
 
     def input_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi), each (n_elements, n_max): the network input is x = 2 (G − lo)/(hi − lo) − 1
-        (0 where hi = lo), as :class:`hpcpot.potential.predict.Batch` takes it."""
-        return input_bounds(self.scaling, self.gmin, self.gmax, self.gmean, self.gstd)
+        (0 where hi = lo), as :class:`hpcpot.potential.predict.Batch` takes it.  Min-max takes
+        the training range to [-1, 1]; standardising takes mean ∓ one standard deviation there,
+        x = (G − mean)/std."""
+        if self.scaling == "standard":
+            return self.gmean - self.gstd, self.gmean + self.gstd
+        return self.gmin, self.gmax
 
     def to_dict(self) -> dict:
         ne = len(self.layout.elements)
@@ -113,11 +117,3 @@ class Model:
         with open(path) as fh:
             return cls.from_dict(json.load(fh), path)
 
-
-def input_bounds(scaling: str, gmin: np.ndarray, gmax: np.ndarray, gmean: np.ndarray | None = None,
-                 gstd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The affine map to the network inputs as (lo, hi): min-max takes the training range to
-    [-1, 1]; standardising takes mean ∓ one standard deviation there, x = (G − mean)/std."""
-    if scaling == "standard":
-        return gmean - gstd, gmean + gstd
-    return gmin, gmax

@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from ..potential.fingerprints import (
     neighbour_statistics,
     pair_kind_counts,
 )
-from ..potential.modelfile import Model, input_bounds
+from ..potential.modelfile import Model
 from ..potential.network import Layout, initial_parameters
 from ..potential.structures import Structures, concat_structures, structure_arrays
 from ..potential.symmetry import SymmetryFunctions
@@ -75,18 +75,14 @@ class Setup:
     layout: Layout
     train: ShardProblem
     valid: ShardProblem | None
-    gmin: np.ndarray
-    gmax: np.ndarray
+    template: Model  # functions, layout and input scaling of the models this run writes
     x0: np.ndarray
     n_train: int
     n_valid: int
     data_digest: str
-    scaling: str = "minmax"
-    gmean: np.ndarray | None = None
-    gstd: np.ndarray | None = None
 
     def model(self, params: np.ndarray) -> Model:
-        return Model(self.sf, self.layout, params, self.gmin, self.gmax, self.scaling, self.gmean, self.gstd)
+        return replace(self.template, params=params)
 
 
 def _progress(log, label: str, total: int, t0: float):
@@ -404,16 +400,17 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     gmean = gstd = None
     if fp.scaling == "standard":
         gmean, gstd = fingerprint_moments(comm, G_t, st_t.species, ne, gmax > gmin)
-    lo, hi = input_bounds(fp.scaling, gmin, gmax, gmean, gstd)
     layout = Layout(els, tuple(int(n) for n in sf.n_functions), tuple(cfg.model.hidden), cfg.model.activation)
     x0 = initial_parameters(layout, slope, intercept, cfg.model.seed)
+    template = Model(sf, layout, x0, gmin, gmax, fp.scaling, gmean, gstd)
+    lo, hi = template.input_bounds()
     tables = sf.block_tables()
     rec = sf if (need_forces and not store) else None
     train = ShardProblem(st_t, G_t, b_t, layout, lo, hi, tables, alpha, recompute=rec)
     n_val = len(g_val)
     valid = ShardProblem(st_v, G_v, b_v, layout, lo, hi, tables, alpha, recompute=rec) if n_val else None
     digest = data_digest(comm, st_t, st_v)
-    return Setup(sf, layout, train, valid, gmin, gmax, x0, len(g_train), n_val, digest, fp.scaling, gmean, gstd)
+    return Setup(sf, layout, train, valid, template, x0, len(g_train), n_val, digest)
 
 
 def print_header(comm: SerialComm, cfg: Config, log) -> None:
