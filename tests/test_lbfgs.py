@@ -13,19 +13,22 @@ from hpcpot.training.optimizers.lbfgs import C1, C2, _Point, minimize_lbfgs, two
 @pytest.mark.parametrize("k", [0, 1, 4, 6])
 def test_two_loop_equals_the_dense_inverse_update(k):
     """With m >= the number of pairs, −H·g from the recursion equals the explicit BFGS update
-    of H0 = gamma·I applied to the same pairs (oldest first); no pairs: −g."""
+    of H0 = gamma·I applied to the same (float32-stored) pairs, oldest first, to the float32
+    arithmetic the recursion runs in; no pairs: −g exactly.  Also returns max|g| and gᵀ(−H·g)."""
     rng = np.random.default_rng(1)
     n, m = 7, 6
     A = rng.normal(size=(n, n))
     A = A @ A.T + n * np.eye(n)
-    S = np.zeros((m, n))
-    Y = np.zeros((m, n))
+    S = np.zeros((m, n), np.float32)
+    Y = np.zeros((m, n), np.float32)
     rho = np.zeros(m)
+    gam = np.zeros(m)
     pairs = []
     for j in range(k):
-        s = rng.normal(size=n)
-        y = A @ s
-        S[(2 + j) % m], Y[(2 + j) % m], rho[(2 + j) % m] = s, y, 1 / (s @ y)  # a wrapped circular buffer
+        s = rng.normal(size=n).astype(np.float32).astype(float)
+        y = (A @ s).astype(np.float32).astype(float)
+        i = (2 + j) % m  # a wrapped circular buffer
+        S[i], Y[i], rho[i], gam[i] = s, y, 1 / (s @ y), (s @ y) / (y @ y)
         pairs.append((s, y))
     H = np.eye(n)
     if pairs:
@@ -37,8 +40,12 @@ def test_two_loop_equals_the_dense_inverse_update(k):
         H = V.T @ H @ V + r * np.outer(s, s)
     g = rng.normal(size=n)
     out = np.empty(n)
-    two_loop(g, S, Y, rho, (2 + k) % m, k, out)
-    np.testing.assert_allclose(out, -H @ g, rtol=1e-12, atol=1e-12)
+    gmax, d0 = two_loop(g, S, Y, rho, gam, (2 + k) % m, k, out)
+    if k == 0:
+        np.testing.assert_array_equal(out, -g)
+    np.testing.assert_allclose(out, -H @ g, rtol=2e-6, atol=2e-6 * np.abs(H @ g).max())
+    assert gmax == np.abs(g).max()
+    assert d0 == pytest.approx(float(g @ out), rel=1e-12)
 
 
 def _rosen(x):
@@ -103,3 +110,46 @@ def test_nonfinite_trial_points_are_backed_off():
 
     r = minimize_lbfgs(f, np.array([-50.0]), history=3, maxiter=50, gtol=1e-10)
     assert abs(r.x[0] - 1.9) < 1e-6
+
+
+def test_deferred_log_keeps_every_iteration_also_when_a_run_fails(tmp_path):
+    """The driver formats its progress lines and log.jsonl records in batches: after a normal
+    end every accepted iteration is in both, with the validation fields where it validated;
+    when an evaluation raises, the iterations accepted before it still reach log.jsonl."""
+    import json
+
+    from hpcpot.training.config import parse_config
+    from hpcpot.training.loss import N_HEAD
+    from hpcpot.training.optimizers import LogWriter, Stats, run_optimizer
+
+    d = np.linspace(1, 50, 20)
+
+    def evaluate(x, want_max=False, fail_at=None):
+        calls.append(1)
+        if fail_at is not None and len(calls) == fail_at:
+            raise RuntimeError("an evaluation failed")
+        buf = np.empty(N_HEAD + len(x))
+        buf[N_HEAD:] = d * x
+        buf[0] = 0.5 * float(x @ buf[N_HEAD:])
+        buf[1:N_HEAD] = (buf[0], 1.0, buf[0], 3.0)
+        return buf
+
+    cfg = parse_config({"optimizer": {"method": "lbfgs", "max_iterations": 12},
+                        "convergence": {"energy_rmse": 0.0, "force_rmse": 0.0}, "output": {"validate_every": 4}})  # fmt: skip
+    lines: list[str] = []
+    calls: list[int] = []
+    log = LogWriter(str(tmp_path / "a.jsonl"), lambda line, flush=True: lines.append(line))
+    res = run_optimizer(evaluate, np.ones(20), cfg, True, log, validate=lambda x: Stats.from_buffer(evaluate(x)))
+    log.close()
+    recs = [json.loads(v) for v in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in recs] == list(range(1, res.iterations + 1)) and res.iterations == 12
+    assert [r["iteration"] for r in recs if "val_loss" in r] == [4, 8, 12]
+    assert len(lines) == 12 and lines[3].startswith("iter      4") and "| val E" in lines[3]
+    assert recs[-1]["loss"] == pytest.approx(res.stats.loss)
+
+    calls.clear()
+    log = LogWriter(str(tmp_path / "b.jsonl"), None)
+    with pytest.raises(RuntimeError, match="an evaluation failed"):
+        run_optimizer(lambda x, want_max=False: evaluate(x, fail_at=8), np.ones(20), cfg, True, log)
+    recs = [json.loads(v) for v in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert len(recs) >= 5 and [r["iteration"] for r in recs] == list(range(1, len(recs) + 1))

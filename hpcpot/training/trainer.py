@@ -524,7 +524,7 @@ def _follow(cfg: Config, ev: Evaluator, flag: SignalFlag) -> None:
             raise Interrupted("signal")
 
     try:
-        res = run_optimizer(evaluate, ev.cmd[2:].copy(), cfg, meta["with_forces"], LogWriter(None, lambda *a, **k: None),
+        res = run_optimizer(evaluate, ev.cmd[2:].copy(), cfg, meta["with_forces"], LogWriter(None, None),
                             meta["iteration"], 0.0, validate if meta["validate"] else None, on_iteration, Best(),
                             clock=clock)  # fmt: skip
     except (Interrupted, NonFiniteLoss, ReplicaMismatch):

@@ -10,6 +10,7 @@ best model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -46,21 +47,34 @@ class Stats:
         return s
 
 
-def converged(s: Stats, cfg: Config, with_forces: bool) -> tuple[bool, str]:
-    """(all set criteria met, a short description of each)."""
+def _criteria(s: Stats, cfg: Config, with_forces: bool) -> list[tuple[str, float, float, str]]:
+    """(name, value, limit, unit) of each convergence criterion that is set."""
     c = cfg.convergence
     checks = []
     if c.energy_rmse > 0:
-        checks.append((s.energy_rmse <= c.energy_rmse, f"energy RMSE {s.energy_rmse:.4g} <= {c.energy_rmse:g} eV/atom"))
+        checks.append(("energy RMSE", s.energy_rmse, c.energy_rmse, "eV/atom"))
     if c.force_rmse > 0 and with_forces:
-        checks.append((s.force_rmse <= c.force_rmse, f"force RMSE {s.force_rmse:.4g} <= {c.force_rmse:g} eV/Å"))
+        checks.append(("force RMSE", s.force_rmse, c.force_rmse, "eV/Å"))
     if c.energy_maxresid > 0:
-        checks.append((s.energy_max <= c.energy_maxresid, f"max energy residual {s.energy_max:.4g} <= {c.energy_maxresid:g} eV/atom"))
+        checks.append(("max energy residual", s.energy_max, c.energy_maxresid, "eV/atom"))
     if c.force_maxresid > 0 and with_forces:
-        checks.append((s.force_max <= c.force_maxresid, f"max force residual {s.force_max:.4g} <= {c.force_maxresid:g} eV/Å"))
+        checks.append(("max force residual", s.force_max, c.force_maxresid, "eV/Å"))
+    return checks
+
+
+def criteria_met(s: Stats, cfg: Config, with_forces: bool) -> bool:
+    """Every set criterion holds (and at least one is set); NaN never meets one."""
+    checks = _criteria(s, cfg, with_forces)
+    return bool(checks) and all(v <= lim for _, v, lim, _ in checks)
+
+
+def converged(s: Stats, cfg: Config, with_forces: bool) -> tuple[bool, str]:
+    """(all set criteria met, a short description of each)."""
+    checks = _criteria(s, cfg, with_forces)
     if not checks:
         return False, "no criterion set"
-    return all(ok for ok, _ in checks), "; ".join(t.replace("<=", "<=" if ok else ">") for ok, t in checks)
+    text = "; ".join(f"{name} {v:.4g} {'<=' if v <= lim else '>'} {lim:g} {unit}" for name, v, lim, unit in checks)
+    return all(v <= lim for _, v, lim, _ in checks), text
 
 
 class Interrupted(Exception):
@@ -107,29 +121,61 @@ FLUSH_EVERY_S = 1.0
 class LogWriter:
     """The human log (stdout) and ``log.jsonl`` (one object per iteration).
 
-    Iteration lines and records reach their files at most ``FLUSH_EVERY_S`` late: a flush
-    per iteration cost ~40 µs of system calls on rank 0 (the reference set on one rank,
-    history 50: a third of what the optimiser itself spends per evaluation) while every
-    other rank waits.  :meth:`flush` runs before every checkpoint, so ``log.jsonl`` always
-    holds the checkpointed iterations, and :meth:`close` at the end.
+    An iteration hands over its figures only; they are formatted into the progress line and
+    the JSON record, written and flushed in a batch at most ``FLUSH_EVERY_S`` later.
+    Formatting and writing each iteration as it came cost rank 0 ~13 µs per evaluation with
+    its caches warm and ~75 µs after an evaluation had streamed its derivatives through them
+    (history 50, ``benchmarks/rank0_optimizer.py``), while every other rank waits; in a batch
+    the same code runs warm.  :meth:`flush` runs before every checkpoint, so ``log.jsonl``
+    always holds the checkpointed iterations, and :meth:`close` at the end.
+    ``print_fn=None``: no output at all (the optimiser's copies on ranks > 0).
     """
 
-    def __init__(self, path: str | None, print_fn: Callable[..., None] = print):
+    def __init__(self, path: str | None, print_fn: Callable[..., None] | None = print):
         self.path = path
         self.fh = open(path, "a") if path else None  # noqa: SIM115 - lives for the run
         self.print = print_fn
         self.t_flush = time.monotonic()
+        self.pending: list[tuple] = []
+        self.silent = path is None and print_fn is None
 
-    def iteration(self, line: str, rec: dict) -> None:
-        """One iteration's progress line and record."""
-        self.print(line, flush=False)
-        if self.fh:
-            self._file_op(self.fh.write, json.dumps(rec) + "\n")
+    def iteration(self, it: int, s: Stats, elapsed: float, with_forces: bool, vs: Stats | None = None,
+                  more: dict | None = None) -> None:  # fmt: skip
+        """One accepted iteration: training stats ``s``, validation stats ``vs`` if it was
+        validated, ``more``: the method's own fields for the record."""
+        if self.silent:
+            return
+        self.pending.append((it, s, elapsed, with_forces, vs, more))
         if time.monotonic() - self.t_flush >= FLUSH_EVERY_S:
             self.flush()
 
+    @staticmethod
+    def format(it: int, s: Stats, elapsed: float, with_forces: bool, vs: Stats | None, more: dict | None) -> tuple[str, dict]:
+        """(progress line, log.jsonl record) of one iteration."""
+        rec = {"iteration": it, "loss": s.loss, "energy_rmse": s.energy_rmse,
+               "force_rmse": s.force_rmse if with_forces else None, "elapsed": round(elapsed, 4), **(more or {})}  # fmt: skip
+        line = f"iter {it:6d}  loss {s.loss:.6e}  E_rmse {s.energy_rmse * 1000:9.3f} meV/atom"
+        if with_forces:
+            line += f"  F_rmse {s.force_rmse:8.4f} eV/Å"
+        if vs is not None:
+            rec["val_loss"] = vs.loss
+            rec["val_energy_rmse"] = vs.energy_rmse
+            rec["val_force_rmse"] = vs.force_rmse if with_forces else None
+            line += f"  | val E {vs.energy_rmse * 1000:.3f} meV/atom"
+            if with_forces:
+                line += f" F {vs.force_rmse:.4f} eV/Å"
+        return line + f"  {elapsed:8.1f} s", rec
+
     def flush(self) -> None:
         self.t_flush = time.monotonic()
+        pending, self.pending = self.pending, []
+        if pending:
+            formatted = [self.format(*p) for p in pending]
+            if self.print is not None:
+                for line, _ in formatted:
+                    self.print(line, flush=False)
+            if self.fh:
+                self._file_op(self.fh.write, "".join(json.dumps(rec) + "\n" for _, rec in formatted))
         sys.stdout.flush()
         if self.fh:
             self._file_op(self.fh.flush)
@@ -162,7 +208,8 @@ class Iterations:
         self.stats: Stats | None = None
         self.x: np.ndarray | None = None
         self.conv = False
-        self.msg = ""
+        self.verdict: Stats | None = None  # the stats the last convergence test saw
+        self.budget_hit = False
         c = cfg.convergence
         self.want_max = c.energy_maxresid > 0 or c.force_maxresid > 0
 
@@ -181,11 +228,6 @@ class Iterations:
         it = self.it
         self.stats, self.x = s, x.copy()
         elapsed = self.clock() if self.clock is not None else time.perf_counter() - self.t_start
-        rec = {"iteration": it, "loss": s.loss, "energy_rmse": s.energy_rmse,
-               "force_rmse": s.force_rmse if with_forces else None, "elapsed": round(elapsed, 4), **(more or {})}  # fmt: skip
-        line = f"iter {it:6d}  loss {s.loss:.6e}  E_rmse {s.energy_rmse * 1000:9.3f} meV/atom"
-        if with_forces:
-            line += f"  F_rmse {s.force_rmse:8.4f} eV/Å"
         vs = None
         # Validation runs every validate_every iterations, also when the criteria are on the
         # validation set (they are then tested there): one validation pass costs ~8% of a
@@ -194,24 +236,30 @@ class Iterations:
         if self.validate is not None and it % max(1, self.cfg.output.validate_every) == 0:
             vs = self.validate(x)
             self.best.offer(vs.loss, it, x)
-            rec["val_loss"] = vs.loss
-            rec["val_energy_rmse"] = vs.energy_rmse
-            rec["val_force_rmse"] = vs.force_rmse if with_forces else None
-            line += f"  | val E {vs.energy_rmse * 1000:.3f} meV/atom"
-            if with_forces:
-                line += f" F {vs.force_rmse:.4f} eV/Å"
-        self.log.iteration(line + f"  {elapsed:8.1f} s", rec)
+        self.log.iteration(it, s, elapsed, with_forces, vs, more)
         if self.on_iteration is not None:
             self.on_iteration(it, x, elapsed)
+        # only the verdict here; its text is built once, at the end (msg): rank 0's time per
+        # iteration is every other rank's wait
         if c.on != "validation" or self.validate is None:
-            self.conv, self.msg = converged(s, self.cfg, with_forces)
+            self.verdict = s
         elif vs is not None:  # between validations the last verdict (not converged) stands
-            self.conv, self.msg = converged(vs, self.cfg, with_forces)
+            self.verdict = vs
+        if self.verdict is not None:
+            self.conv = criteria_met(self.verdict, self.cfg, with_forces)
         budget = self.cfg.optimizer.max_time
         if not self.conv and budget > 0 and elapsed >= budget:
-            self.msg = f"time budget of {budget:g} s reached; {self.msg or 'validation criteria not tested yet'}"
+            self.budget_hit = True
             return True  # stop, not converged
         return self.conv
+
+    @property
+    def msg(self) -> str:
+        """The last convergence test, in words."""
+        text = converged(self.verdict, self.cfg, self.with_forces)[1] if self.verdict is not None else ""
+        if self.budget_hit:
+            text = f"time budget of {self.cfg.optimizer.max_time:g} s reached; {text or 'validation criteria not tested yet'}"
+        return text
 
 
 def run_optimizer(
@@ -242,6 +290,17 @@ def run_optimizer(
     (default: this process's clock from ``elapsed0``); copies of the optimiser on several
     ranks pass one clock they agree on, so that they stop at the same iteration.
     """
+    try:
+        return _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best,
+                    normal_equations, loss_only, opt_state, clock)  # fmt: skip
+    except BaseException:
+        with contextlib.suppress(OSError):  # the iterations so far reach the log, as when written one by one
+            log.flush()
+        raise
+
+
+def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best,
+         normal_equations, loss_only, opt_state, clock) -> Result:  # fmt: skip
     best = best if best is not None else Best()
     rep = Iterations(cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best, clock)
     rep.x = x0.copy()
@@ -260,18 +319,23 @@ def run_optimizer(
             raise ValueError('method = "lm" needs normal_equations and loss_only')
         return run_lm(normal_equations, loss_only, x0, cfg, rep, remaining, opt_state if opt_state is not None else {})
 
+    # hpcpot's L-BFGS hands over fresh arrays it never changes and copies the gradient
+    # itself; scipy's methods may reuse theirs
+    own = cfg.optimizer.method == "lbfgs"
+
     def fun(x):
         buf = evaluate(x, want_max)
         loss = float(buf[0])
         if not math.isfinite(loss):
             raise rep.nonfinite(loss)
-        last["x"] = x.copy()
+        last["x"] = x if own else x.copy()
         last["stats"] = Stats.from_buffer(buf, getattr(evaluate, "last_max", None) if want_max else None)
-        return loss, buf[N_HEAD:].copy()
+        return loss, buf[N_HEAD:] if own else buf[N_HEAD:].copy()
 
     def callback(intermediate_result):
         x = intermediate_result.x
-        if "x" not in last or not np.array_equal(last["x"], x):
+        lx = last.get("x")
+        if lx is None or (lx is not x and not np.array_equal(lx, x)):
             fun(x)  # rare: the accepted point was not the last evaluated one
         if rep.accept(x, last["stats"]):
             raise StopIteration
