@@ -3,9 +3,10 @@
 scipy's L-BFGS-B spends 0.2 ms (history 10) to 0.8 ms (history 50) of Python and Fortran
 per evaluation on ~3000 parameters while every other rank waits; here the two-loop recursion
 and the pair update are numba kernels over circular (m × P) float32 buffers and the line
-search a few scalar operations: 4-8x less with caches warm (histories 10-50).  After a real
-evaluation has streamed its derivatives through the caches, both read their state (and
-Python its own objects) from DRAM and the gap narrows to 2-3x
+search a few scalar operations: 8-14x less with caches warm (histories 10-50: 23 and 52 µs
+with hpcpot's driver).  After a real evaluation has streamed its derivatives through the
+caches, both read their state (and Python its own objects) from DRAM and the gap narrows to
+3-5x
 (``benchmarks/rank0_optimizer.py``; the README's Performance section).
 
 The method (Nocedal & Wright, Numerical Optimization, 2nd ed., Alg. 7.4 and 3.5/3.6):
