@@ -210,6 +210,7 @@ class Iterations:
         self.conv = False
         self.verdict: Stats | None = None  # the stats the last convergence test saw
         self.budget_hit = False
+        self.fresh_x = False  # True: the method never changes an x it handed over (no copy needed)
         c = cfg.convergence
         self.want_max = c.energy_maxresid > 0 or c.force_maxresid > 0
 
@@ -226,7 +227,7 @@ class Iterations:
         c, with_forces = self.cfg.convergence, self.with_forces
         self.it += 1
         it = self.it
-        self.stats, self.x = s, x.copy()
+        self.stats, self.x = s, (x if self.fresh_x else x.copy())
         elapsed = self.clock() if self.clock is not None else time.perf_counter() - self.t_start
         vs = None
         # Validation runs every validate_every iterations, also when the criteria are on the
@@ -321,7 +322,7 @@ def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validat
 
     # hpcpot's L-BFGS hands over fresh arrays it never changes and copies the gradient
     # itself; scipy's methods may reuse theirs
-    own = cfg.optimizer.method == "lbfgs"
+    own = rep.fresh_x = cfg.optimizer.method == "lbfgs"
 
     def fun(x):
         buf = evaluate(x, want_max)

@@ -177,13 +177,14 @@ class _Point:
     g: np.ndarray
 
 
-def wolfe_search(phi: Callable[[float], _Point], p0: _Point, t0: float) -> _Point | None:
-    """A step along the direction meeting the strong Wolfe conditions, or None."""
+def wolfe_search(phi: Callable[[float], _Point], p0: _Point, t0: float, first: _Point | None = None) -> _Point | None:
+    """A step along the direction meeting the strong Wolfe conditions, or None.  ``first``:
+    phi(t0), if the caller has evaluated it already."""
     lo, t, prev = p0, t0, p0
     evals = 0
     hi = None
     while evals < MAX_EVALS_PER_SEARCH:  # bracketing phase
-        cur = phi(t)
+        cur = first if (evals == 0 and first is not None) else phi(t)
         evals += 1
         if not math.isfinite(cur.f):
             lo, hi = prev, cur
@@ -275,7 +276,10 @@ def minimize_lbfgs(
             count = 0
             gnorm, d0 = two_loop(g, S, Y, rho, gam, head, count, p)
         t0 = 1.0 if count > 0 else min(1.0, 1.0 / float(np.linalg.norm(g)))
-        new = wolfe_search(phi, _Point(0.0, f, d0, x, g), t0)
+        new = phi(t0)
+        # the usual case, the first trial meets both strong Wolfe conditions: no search
+        if not (new.f <= f + C1 * t0 * d0 and abs(new.d) <= -C2 * d0):
+            new = wolfe_search(phi, _Point(0.0, f, d0, x, g), t0, new)
         if new is None:
             if count > 0 and not retried:  # drop the memory, try steepest descent once
                 count, retried = 0, True
