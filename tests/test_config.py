@@ -46,7 +46,7 @@ def test_defaults():
     assert fp.storage == "float32" and fp.cache == ""
     assert cfg.model.hidden == [20, 20] and cfg.model.activation == "tanh" and cfg.model.elements == []
     assert cfg.loss.force_coefficient == 0.3
-    assert cfg.optimizer.method == "lbfgsb" and cfg.optimizer.max_iterations == 5000
+    assert cfg.optimizer.method == "lbfgs" and cfg.optimizer.max_iterations == 5000
     assert cfg.convergence.energy_rmse == 0.001 and cfg.convergence.force_rmse == 0.1
     assert cfg.convergence.on == "train"
     assert cfg.anneal.enabled is False

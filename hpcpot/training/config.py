@@ -86,12 +86,13 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    # "lbfgsb" (scipy's), "lbfgs" (hpcpot's: same method, microseconds per step on rank 0),
-    # "bfgs", "cg" (nonlinear conjugate gradient) or "lm" (Levenberg–Marquardt)
-    method: str = "lbfgsb"
+    # "lbfgs" (hpcpot's: ~50 µs per step on rank 0, history 50), "lbfgsb" (scipy's, the same
+    # method: ~750 µs, equal results on Mo over 6 seed/α pairs, README), "bfgs", "cg"
+    # (nonlinear conjugate gradient) or "lm" (Levenberg–Marquardt)
+    method: str = "lbfgs"
     max_iterations: int = 5000  # a budget: real DFT sets were still improving at 1000 (Mo: 6000)
     max_time: float = 0.0  # s of optimisation (restarts included, set-up not); 0 = no limit
-    history: int = 50  # L-BFGS-B memory (scipy's maxcor); 50 beat 10 on Mo DFT data (README)
+    history: int = 50  # L-BFGS memory, pairs kept (scipy's maxcor); 50 beat 10 on Mo DFT data (README)
     # Levenberg–Marquardt: (JᵀJ + μ I) δ = −Jᵀr; μ is multiplied by lm_decrease after a step
     # the quadratic model predicted well (gain ratio > 0.75), by lm_increase after a rejected
     # or poorly predicted one (< 0.25)
