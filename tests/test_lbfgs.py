@@ -138,7 +138,12 @@ def test_deferred_log_keeps_every_iteration_also_when_a_run_fails(tmp_path):
                         "convergence": {"energy_rmse": 0.0, "force_rmse": 0.0}, "output": {"validate_every": 4}})  # fmt: skip
     lines: list[str] = []
     calls: list[int] = []
-    log = LogWriter(str(tmp_path / "a.jsonl"), lambda line, flush=True: lines.append(line))
+
+    def show(line, flush=True):  # log.jsonl is written before stdout, which may block on a full pipe
+        assert len((tmp_path / "a.jsonl").read_text().splitlines()) > len(lines)
+        lines.append(line)
+
+    log = LogWriter(str(tmp_path / "a.jsonl"), show)
     res = run_optimizer(evaluate, np.ones(20), cfg, True, log, validate=lambda x: Stats.from_buffer(evaluate(x)))
     log.close()
     recs = [json.loads(v) for v in (tmp_path / "a.jsonl").read_text().splitlines()]

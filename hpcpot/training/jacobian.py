@@ -26,7 +26,6 @@ import zlib
 
 import numpy as np
 from numba import njit
-from scipy.linalg.blas import dsyrk
 
 from ..potential.fingerprints import compute_fingerprints
 from ..potential.network import D2_COEFFICIENTS, forward
@@ -221,6 +220,8 @@ class NormalEquations:
     def accumulate(self, params: np.ndarray, iteration: int, C: np.ndarray, jtr: np.ndarray | None,
                    residuals: list | None = None) -> None:  # fmt: skip
         """C (P, P) Fortran-ordered += JᵀJ (upper triangle); jtr += Jᵀr when given."""
+        from scipy.linalg.blas import dsyrk  # here: only Levenberg–Marquardt needs scipy.linalg
+
         prob, lay, P = self.prob, self.prob.layout, self.P
         if prob.n_images == 0:
             return

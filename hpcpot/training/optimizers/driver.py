@@ -1,4 +1,5 @@
-"""Gradient-based optimisation on rank 0 with scipy (L-BFGS-B, BFGS or nonlinear CG).
+"""The optimiser driver: hpcpot's L-BFGS (:mod:`.lbfgs`, the default), scipy's L-BFGS-B, BFGS
+or nonlinear CG, or Levenberg–Marquardt (:mod:`.lm`), with the per-iteration work written once.
 
 The objective is whatever ``evaluate(params) -> buffer`` returns (reduced over all ranks by
 the MPI layer).  Convergence follows Amp: the run stops when every criterion that is set
@@ -20,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.optimize
 
 from ..config import Config
 from ..loss import N_HEAD
@@ -169,16 +169,17 @@ class LogWriter:
     def flush(self) -> None:
         self.t_flush = time.monotonic()
         pending, self.pending = self.pending, []
-        if pending:
-            formatted = [self.format(*p) for p in pending]
-            if self.print is not None:
-                for line, _ in formatted:
-                    self.print(line, flush=False)
-            if self.fh:
-                self._file_op(self.fh.write, "".join(json.dumps(rec) + "\n" for _, rec in formatted))
-        sys.stdout.flush()
+        formatted = [self.format(*p) for p in pending]
+        # log.jsonl first: it must not wait for stdout, which blocks while a pipe is full
+        # (a launcher or a test that reads it only at the end)
         if self.fh:
+            if formatted:
+                self._file_op(self.fh.write, "".join(json.dumps(rec) + "\n" for _, rec in formatted))
             self._file_op(self.fh.flush)
+        if self.print is not None:
+            for line, _ in formatted:
+                self.print(line, flush=False)
+        sys.stdout.flush()
 
     def _file_op(self, op, *args) -> None:
         try:
@@ -279,7 +280,8 @@ def run_optimizer(
     opt_state: dict | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Result:
-    """Minimise with scipy, or with :func:`.lm.run_lm`; ``evaluate(x, want_max)`` returns the
+    """Minimise with the configured method (:func:`.lbfgs.minimize_lbfgs`, scipy, or
+    :func:`.lm.run_lm`); ``evaluate(x, want_max)`` returns the
     reduced buffer.
 
     ``on_iteration(iteration, x, elapsed)`` runs after each accepted step (checkpoints,
@@ -355,6 +357,8 @@ def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validat
     else:
         opts = {"maxiter": remaining, "gtol": 1e-12}
         method = "BFGS"
+    import scipy.optimize  # only here: ~35 MiB of imports a run with hpcpot's L-BFGS does not need
+
     res = scipy.optimize.minimize(fun, x0, jac=True, method=method, callback=callback, options=opts)
     return _finish(rep, last, fun, res.x, res.message, best)
 
