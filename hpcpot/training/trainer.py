@@ -235,6 +235,10 @@ def _exercise_kernels() -> None:
                             sf.block_tables(), 0.1)  # fmt: skip
         prob.evaluate(np.zeros(lay.n_params) + 0.1)
     compute_fingerprints(st, sf, False)
+    # hpcpot's L-BFGS (the default optimiser): its kernels with the types a training passes
+    from .optimizers.lbfgs import minimize_lbfgs
+
+    minimize_lbfgs(lambda x: (float(x @ x), 2.0 * x), np.linspace(1.0, 2.0, 3), history=2, maxiter=3)
 
 
 def warm_up_kernels(comm: SerialComm, log) -> None:
