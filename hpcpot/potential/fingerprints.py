@@ -135,8 +135,8 @@ def _exp(x):
 
     Branch-free, so a loop of them vectorises (libm's exp does not: numba's LLVM has no
     vector math library).  exp(x) = 2^n exp(r), |r| <= ln2/2, exp(r) by its Taylor series to
-    r^12 (truncation < 2e-16), 2^n assembled from its exponent bits.  8 per ns-ish against 6 ns
-    for one libm call, on the triplet loop's arguments."""
+    r^12 (truncation < 2e-16), 2^n assembled from its exponent bits.  In a vectorised loop
+    ~0.6 ns each against ~6 ns per libm call (measured on this project's machine)."""
     x = max(x, -708.0)
     n = math.floor(x * _LOG2E + 0.5)
     r = (x - n * _LN2_HI) - n * _LN2_LO
