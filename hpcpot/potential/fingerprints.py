@@ -355,9 +355,7 @@ def _fingerprint_kernel(
                         # ∂G/∂D = dt·D, so the virial is dt·D⊗D
                         _add_virial(W, i, k, dt * nbr_D[a + q, 0], dt * nbr_D[a + q, 1], dt * nbr_D[a + q, 2],
                                     nbr_D[a + q, 0], nbr_D[a + q, 1], nbr_D[a + q, 2])  # fmt: skip
-        if ng4c == 0:
-            pass
-        else:
+        if ng4c > 0:
             # ---- G4: element blocks
             for e in range(n_el):
                 blk[e + 1] = blk[e] + (fill[e] + 7) // 8 * 8
