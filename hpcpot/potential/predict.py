@@ -69,6 +69,10 @@ def _force_kernel(
     the centre's own force term is the sum of its pairs' terms with the sign flipped, and
     its own residual enters v_i as Σ_m dx_i/dr_m · (r_m − r_i).
 
+    ``v`` may be the same array as ``g`` (training does this: one n_atoms × n_max array
+    fewer): an image's rows of g are read only in its first pass, and its rows of v are
+    zeroed and written only in its second.
+
     Pairs of one centre are contiguous (the fingerprint kernel writes them so; were they not,
     the result would be the same, only slower): its rows of g are gathered once per kind into
     gk and its v contributions summed in vk, so the loops over a pair's functions read
@@ -131,6 +135,11 @@ def _force_kernel(
                 Fhat[m, x] = d * wF[j]  # reuse as the weighted residual
         sq[j] = s
         maxabs[j] = mx
+        # this image's rows of g have been read: its rows of v start here (v may be g)
+        for m in range(a0, a1):
+            vr = v[row[m]]
+            for f in range(vr.shape[0]):
+                vr[f] = 0.0
         p = image_ptr[j]
         while p < pe:
             i = centre[p]
@@ -194,7 +203,10 @@ class Batch:
         for e in range(ne):
             idx = order[self.elem_ptr[e] : self.elem_ptr[e + 1]]
             nf = layout.n_inputs[e]
-            x = (G[idx, :nf] - gmin[e, :nf]) * factor[e, :nf] - 1.0
+            x = G[idx, :nf]  # a copy (fancy indexing), scaled in place: no n_atoms-sized temporaries
+            x -= gmin[e, :nf]
+            x *= factor[e, :nf]
+            x -= 1.0
             x[:, rng[e, :nf] <= 0] = 0.0
             self.X.append(np.ascontiguousarray(x))
             self.img.append(img_of_atom[idx])

@@ -34,6 +34,9 @@ class ShardProblem(Batch):
         self.alpha = force_coefficient
         if self.with_forces:
             self.wF = force_coefficient / (3.0 * self.natoms)
+            # the force kernel writes v over the input gradients g it has used (the loss
+            # needs only v afterwards): one n_atoms × n_max float64 array fewer
+            self.v = self.g
 
     @property
     def buffer_size(self) -> int:
@@ -70,7 +73,6 @@ class ShardProblem(Batch):
                     continue
                 layers, slope, blocks, _ = passes[e]
                 self._fill_input_gradients(e, layers, slope, blocks)
-            self.v[:] = 0.0
             sq = np.empty(self.n_images)
             mx = np.empty(self.n_images)
             self._forces_and_v(self.forces, self.wF, sq, mx)

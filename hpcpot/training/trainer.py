@@ -124,7 +124,10 @@ def fingerprint_moments(comm: SerialComm, G: np.ndarray, species: np.ndarray, n_
     mean = sums[:, 1:] / count
     sq = np.zeros_like(mean)
     for e in range(n_elements):
-        sq[e] = ((G[species == e] - mean[e]) ** 2).sum(axis=0)
+        d = G[species == e]  # a copy, squared in place
+        d -= mean[e]
+        d *= d
+        sq[e] = d.sum(axis=0)
     comm.allreduce_sum(sq)
     std = np.where(varies, np.sqrt(sq / count), 0.0)
     return mean, std
@@ -143,7 +146,7 @@ def memory_forecast(counts: np.ndarray, n_atoms: int, sf: SymmetryFunctions, wit
             values *= min(1.0, 200_000 / max(pairs, 1.0))
             pairs = min(pairs, 200_000)
             itemsize = 8
-        b += values * itemsize + pairs * 17 + n_atoms * nm * 8 * 2 + n_atoms * 3 * 8 * 2  # values, indices, g, v, F
+        b += values * itemsize + pairs * 17 + n_atoms * nm * 8 + n_atoms * 3 * 8 * 2  # values, indices, g (= v), F
     return float(b)
 
 
