@@ -232,15 +232,16 @@ def _column_sums(a: np.ndarray) -> np.ndarray:
     return np.ones(a.shape[0]) @ a
 
 
-def input_gradient(layers, ps: Pass) -> np.ndarray:
-    """d output / d x for every row, shape (n, n_in)."""
+def input_gradient(layers, ps: Pass, scale: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+    """scale * d output / d x for every row, shape (n, n_in), written into ``out`` if given
+    (a C-contiguous (n, n_in) array: the last product lands there without a temporary)."""
     n = len(ps.out)
     abar = np.empty_like(ps.d1[-1])
-    _backprop(ps.d1[-1], layers[-1][0], np.ones(n), abar)
+    _backprop(ps.d1[-1], layers[-1][0], np.full(n, scale), abar)
     for k in range(len(layers) - 2, 0, -1):
         abar = abar @ layers[k][0]
         abar *= ps.d1[k - 1]
-    return abar @ layers[0][0]
+    return np.matmul(abar, layers[0][0], out=out)
 
 
 def parameter_gradient(

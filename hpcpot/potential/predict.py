@@ -252,7 +252,11 @@ class Batch:
         """self.g rows of element e = slope * d(network output)/d(scaled fingerprints)."""
         r0, nf = self.elem_ptr[e], self.layout.n_inputs[e]
         for b0, b1, ps in blocks:
-            self.g[r0 + b0 : r0 + b1, :nf] = slope * input_gradient(layers, ps)
+            rows = self.g[r0 + b0 : r0 + b1, :nf]
+            if rows.flags.c_contiguous:  # every element has n_max functions: no temporary
+                input_gradient(layers, ps, slope, out=rows)
+            else:
+                rows[...] = input_gradient(layers, ps, slope)
 
     def _energies(self, params: np.ndarray, fill_g: bool = False) -> np.ndarray:
         """Ê per image (eV); with ``fill_g`` also the input gradients self.g, from the same
