@@ -21,7 +21,7 @@ import argparse
 import time
 from pathlib import Path
 
-import hpcpot._threads  # noqa: F401  (before numpy: one BLAS thread, as the command-line tools)
+import hpcpot._process  # noqa: F401  (before numpy: one BLAS thread, as the command-line tools)
 import numpy as np
 
 HERE = Path(__file__).resolve().parent

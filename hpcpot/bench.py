@@ -10,7 +10,7 @@ start-up time, and the predicted parallel efficiency at 16, 64 and 256 ranks.
 
 from __future__ import annotations
 
-from . import _threads  # noqa: F401  (before numpy: one BLAS thread per rank)
+from . import _process  # noqa: F401  (before numpy: one BLAS thread per rank, heap thresholds)
 
 import argparse
 import json

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from . import _threads  # noqa: F401  (before numpy: one BLAS thread)
+from . import _process  # noqa: F401  (before numpy: one BLAS thread, heap thresholds)
 
 import numpy as np  # noqa: E402
 

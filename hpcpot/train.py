@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _threads  # noqa: F401  (before numpy: one BLAS thread per rank)
+from . import _process  # noqa: F401  (before numpy: one BLAS thread per rank, heap thresholds)
 from .parallel import GlobalError, SignalFlag, run_guarded, world
 from .training.config import ConfigError, load_config
 

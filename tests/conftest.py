@@ -9,7 +9,7 @@ from pathlib import Path
 
 # one BLAS thread, as the command-line tools: on the shared 2-core machines a threaded 3x3
 # solve spins, and ASE's cell filter does many (5x slower measured)
-import hpcpot._threads  # noqa: F401
+import hpcpot._process  # noqa: F401
 import numpy as np
 import pytest
 
