@@ -50,6 +50,16 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
     return float(np.median(ts)), ts
 
 
+def _page_faults(fn, repeats: int = 3) -> float:
+    """Minor page faults per call of fn (after one call): memory the allocator handed back
+    to the OS and takes again every evaluation (see hpcpot._process)."""
+    fn()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(repeats):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / repeats
+
+
 def _config_text(data: str, images: int, preset: str = "auto", alpha: float = 0.04) -> str:
     return f"""
 [data]
@@ -121,7 +131,9 @@ def single_process(data: str, images: int, repeats: int, log, preset: str = "aut
     eo = ShardProblem(st, G, None, lay, gmin, gmax, tables, 0.0)
     res["eval_energy_only_s"], ts = _median_time(lambda: eo.evaluate(p), repeats)
     res["loss_only_energy_s"], _ = _median_time(lambda: eo.evaluate(p, with_grad=False), repeats)
-    log(f"loss+gradient, energy only: {1000 * res['eval_energy_only_s']:.1f} ms (median of {repeats})")
+    res["page_faults_energy_only"] = _page_faults(lambda: eo.evaluate(p))
+    log(f"loss+gradient, energy only: {1000 * res['eval_energy_only_s']:.1f} ms (median of {repeats}; "
+        f"{res['page_faults_energy_only']:.0f} page faults per evaluation)")
     modes = {}
     for mode in ("float64", "float32", "recompute"):
         if mode == "float64":
@@ -134,18 +146,21 @@ def single_process(data: str, images: int, repeats: int, log, preset: str = "aut
         reps = repeats if mode != "recompute" else max(3, repeats // 3)
         med, _ = _median_time(lambda prob=prob: prob.evaluate(p), reps)
         lmed, _ = _median_time(lambda prob=prob: prob.evaluate(p, with_grad=False), reps)
+        faults = _page_faults(lambda prob=prob: prob.evaluate(p), 1 if mode == "recompute" else 3)
         # the force term's gradient alone (energy residuals set to zero): where float32 storage shows
         energy = prob.energy
         prob.energy = prob.predict_energies(p)
         g = prob.evaluate(p)[5:].copy()
         prob.energy = energy
-        modes[mode] = {"eval_s": med, "loss_only_s": lmed, "bytes": int(blocks.nbytes) if blocks is not None else 0, "grad": g}
+        modes[mode] = {"eval_s": med, "loss_only_s": lmed, "bytes": int(blocks.nbytes) if blocks is not None else 0, "grad": g,
+                       "page_faults": faults}  # fmt: skip
         del prob, blocks
     g64 = modes["float64"]["grad"]
     for mode, m in modes.items():
         m["grad_rel_err_vs_float64"] = float(np.abs(m.pop("grad") - g64).max() / np.abs(g64).max())
         log(f"loss+gradient with forces, {mode:9s}: {1000 * m['eval_s']:8.1f} ms (median), "
-            f"{m['bytes'] / 2**20:7.1f} MiB derivatives, force-term gradient rel. difference vs float64 {m['grad_rel_err_vs_float64']:.1e}")  # fmt: skip
+            f"{m['bytes'] / 2**20:7.1f} MiB derivatives, force-term gradient rel. difference vs float64 {m['grad_rel_err_vs_float64']:.1e}, "
+            f"{m['page_faults']:.0f} page faults per evaluation")  # fmt: skip
     res["modes"] = modes
     res["eval_forces_s"] = modes["float64"]["eval_s"]
     res["calculator_s"] = _calculator_times(data, sf, lay, p, gmin, gmax, repeats)
