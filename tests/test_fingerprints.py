@@ -13,7 +13,12 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 
-from hpcpot.potential.fingerprints import compute_fingerprints, fingerprint_derivatives_dense, fingerprints
+from hpcpot.potential.fingerprints import (
+    compute_fingerprints,
+    fingerprint_derivatives_dense,
+    fingerprints,
+    neighbour_statistics,
+)
 from hpcpot.potential.structures import structure_arrays
 from hpcpot.potential.symmetry import SymmetryFunctions
 from hpcpot.training.config import FingerprintConfig
@@ -550,6 +555,14 @@ def test_multi_image_chunks_and_float32():
     np.testing.assert_array_equal(G1, G)
     np.testing.assert_array_equal(b1.values, b.values)
     np.testing.assert_array_equal(b1.image_ptr, b.image_ptr)
+    # the value count a training passes (from neighbour_statistics) is exact; a wrong one
+    # (too small: the array grows, too large: it is trimmed) changes nothing either
+    _, counts = neighbour_statistics(st, sf.cutoff)
+    exact = int((counts * sf.block_tables()[1]).sum()) * 3
+    assert exact == len(b.values)
+    for n in (exact, 7, exact + 1000):
+        _, bn = compute_fingerprints(st, sf, chunk_pairs=1, n_values=n)
+        np.testing.assert_array_equal(bn.values, b.values)
     # pairs of image j have centre and partner inside image j
     for j in range(st.n_images):
         sl = slice(b.image_ptr[j], b.image_ptr[j + 1])

@@ -30,6 +30,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ..errors import DataError
+from .neighbors import neighbor_list
 from .structures import MIN_DISTANCE, structure_arrays
 from .symmetry import SymmetryFunctions
 
@@ -490,17 +491,6 @@ def _fingerprint_kernel(
 # --------------------------------------------------------------------------- drivers
 
 
-# vesin (C++) vs ase.neighborlist.neighbor_list on the reference set: 0.13 ms vs 7.1 ms
-# per 14-atom image, same pairs; vesin it is.
-def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
-    """Full neighbour list of one image: (i, j, D) with D = r_j + shift − r_i (Å), sorted by i."""
-    import vesin
-
-    nl = vesin.NeighborList(cutoff=cutoff, full_list=True, sorted=True)
-    i, j, D = nl.compute(positions, cell, np.asarray(pbc, bool), "ijD")
-    return i.astype(np.int64), j.astype(np.int64), D
-
-
 def _chunk_lists(st, lo: int, hi: int, cutoff: float):
     """Concatenated neighbour lists of images lo..hi-1 with chunk-local atom indices."""
     a0 = st.atom_ptr[lo]
@@ -594,6 +584,7 @@ def compute_fingerprints(
     chunk_pairs: int = CHUNK_PAIRS,
     progress=None,
     with_virial: bool = False,
+    n_values: int | None = None,
 ) -> tuple[np.ndarray, DerivativeBlocks | None]:
     """Fingerprints of every atom of ``st`` (a :class:`hpcpot.potential.structures.Structures`).
 
@@ -601,6 +592,8 @@ def compute_fingerprints(
     element with fewer functions are 0) and, if ``with_derivs``, the sparse derivatives
     (``dtype`` float64 or float32), with ``with_virial`` also their per-function virials
     (``DerivativeBlocks.virial``, for stress).  ``progress(done_images)`` is called after each chunk.
+    ``n_values``: the number of derivative values, if the caller knows it (a training does,
+    from :func:`neighbour_statistics`): the array is then allocated once at that size.
     """
     with_virial = with_virial and with_derivs
     if tuple(st.elements) != tuple(sf.elements):
@@ -611,7 +604,9 @@ def compute_fingerprints(
     G = np.zeros((na, sf.n_max))
     W = np.zeros((na if with_virial else 0, sf.n_max, 6))
     cen_l, par_l, kind_l, len_l = [], [], [], []
-    vals = np.empty(0, dtype)  # the derivative values, written in place by the kernel
+    # the derivative values, written in place by the kernel; np.empty pages cost no memory
+    # until written
+    vals = np.empty(n_values if with_derivs and n_values else 0, dtype)
     used = 0
     img_pairs = np.zeros(st.n_images, np.int64)
     lo = 0
@@ -689,11 +684,13 @@ def _room_for(vals: np.ndarray, used: int, need: int, atoms_done: int, atoms_tot
     0.4 s, a tenth of the fingerprinting, on the reference set)."""
     if used + need <= len(vals):
         return vals
-    estimate = int((used + need) / max(atoms_done, 1) * atoms_total * 1.05) + 1024
-    # realloc, not a new array and a copy: a large block grows in place or is remapped, so
-    # the old and the new never both hold the values (TiO2, whose later images need more
-    # per atom than the first chunk's, peaked at 2.76 GiB with the copy and 1.8 without)
-    vals.resize(max(used + need, estimate), refcheck=False)  # no views of vals exist here
+    size = max(used + need, int((used + need) / max(atoms_done, 1) * atoms_total * 1.05) + 1024)
+    # realloc, not a new array and a copy, so that the old and the new never both hold the
+    # values (TiO2, whose later images need more per atom than the first chunk's, peaked at
+    # 2.76 GiB against 1.97 GiB).  Growing from the initial empty array gives a block glibc
+    # can remap (one from np.empty of a large size is copied instead); numpy zero-fills the
+    # new part, which costs the time of a memset.  A training passes the exact size.
+    vals.resize(size, refcheck=False)  # no views of vals exist here
     return vals
 
 

@@ -385,8 +385,9 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
         comm.allreduce_sum(hits)
         log(f"fingerprint cache {fp.cache}: {int(hits[0])} images reused, {int(hits[1])} computed and added")
     else:
-        G_t, b_t = compute_fingerprints(st_t, sf, store, dtype, progress=prog)
-        G_v, b_v = compute_fingerprints(st_v, sf, store, dtype)
+        _, sub_len = sf.block_tables()  # the exact number of derivative values: no growing
+        G_t, b_t = compute_fingerprints(st_t, sf, store, dtype, progress=prog, n_values=int((c_t * sub_len).sum()) * 3)
+        G_v, b_v = compute_fingerprints(st_v, sf, store, dtype, n_values=int((c_v * sub_len).sum()) * 3)
     t2 = time.perf_counter()
     nb = comm.allreduce_sum(np.array([float(b_t.nbytes if b_t is not None else 0)]))[0]
     log(f"fingerprints{' and derivatives' if need_forces else ''}: {t2 - t1:.1f} s, "
