@@ -542,7 +542,7 @@ def neighbor_counts(st, cutoff: float) -> np.ndarray:
 
 def neighbour_statistics(st, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """One pass of neighbour lists over the images of ``st`` for what a training needs to
-    know before fingerprinting (each pass over the reference set's 3000 images costs ~0.35 s):
+    know before fingerprinting (each pass over the reference set's 3000 images costs ~0.17 s):
 
     * ``r_min`` (n_elements, n_elements): the shortest distance (Å) between atoms of each
       element pair within ``cutoff`` (inf for a pair never that close), for ``preset = "auto"``;
