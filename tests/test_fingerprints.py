@@ -49,7 +49,7 @@ CUSTOM = {
         "g2_etas": [1.5],
         "g2_offsets": [0.7, 2.3, 3.0],
         "g4_etas": [0.02],
-        "g4_zetas": [1.7, 4.0, 16.0],  # 16: whole powers by repeated squaring
+        "g4_zetas": [1.7, 4.0, 8.0, 16.0],  # 4, 16: one fused loop; 8: repeated squaring by rows
         "g4_gammas": [-1.0, 1.0],
     },
 }

@@ -198,19 +198,44 @@ def _g4_tables(g4, g4_list, g4_nlist, rc2):
 @njit(cache=True, fastmath=True, inline="always")
 def _powers(gam, zeta, cos_r, nb, pw1_r, pw_r, v, scratch):
     """pw1_r[v, s] = (1 + γ cos_s)^(ζ−1) and pw_r[v, s] = (1 + γ cos_s)^ζ for s < nb, both 0
-    where 1 + γ cos <= 0 (taken as 0 there, with the derivative)."""
-    if zeta >= 1.0 and int(zeta) == zeta:
-        # base^(ζ−1) by squaring, a row at a time: ζ = 16 is 4 squarings, not 15 products
-        e1 = int(zeta) - 1
+    where 1 + γ cos <= 0 (taken as 0 there, with the derivative).
+
+    The presets' ζ (1, 2, 4, 16) take one loop each, a fixed chain of squarings: a row has
+    only ~50 neighbours, and the generic way below (a loop per squaring and per product)
+    spent more time entering loops than in them.  20-function set, 1000 reference images:
+    0.59 -> 0.53 s; the auto set 1.05 -> 0.97 s (A/B in one process; the same bits: products in
+    the same order, checked on the reference set, Mo and TiO2 with the auto, default and Amp sets).
+    """
+    e1 = int(zeta) - 1 if zeta >= 1.0 and int(zeta) == zeta else -1
+    if e1 == 0 or e1 == 1 or e1 == 3 or e1 == 15:
+        for s in range(nb):
+            b = 1.0 + gam * cos_r[s]
+            keep = 1.0 if b > 0.0 else 0.0
+            p = 1.0
+            if e1 >= 1:
+                p = b
+            if e1 >= 3:
+                b2 = b * b
+                p = p * b2
+                if e1 == 15:
+                    b4 = b2 * b2
+                    p = p * b4 * (b4 * b4)
+            p = p * keep
+            pw1_r[v, s] = p
+            pw_r[v, s] = p * b
+        return
+    if e1 > 0:
+        # base^(ζ−1) by squaring, a row at a time: ζ = 32 is 5 squarings, not 31 products
+        e = e1
         for s in range(nb):
             pw1_r[v, s] = 1.0
             scratch[s] = 1.0 + gam * cos_r[s]
-        while e1 > 0:
-            if e1 & 1:
+        while e > 0:
+            if e & 1:
                 for s in range(nb):
                     pw1_r[v, s] *= scratch[s]
-            e1 >>= 1
-            if e1 > 0:
+            e >>= 1
+            if e > 0:
                 for s in range(nb):
                     scratch[s] *= scratch[s]
     else:
