@@ -15,6 +15,7 @@ from ase.build import molecule
 
 from hpcpot.potential.fingerprints import (
     compute_fingerprints,
+    derivative_value_count,
     fingerprint_derivatives_dense,
     fingerprints,
     neighbour_statistics,
@@ -607,3 +608,4 @@ def test_pair_kind_counts_give_the_exact_derivative_size(ref_structures):
     _, blocks = compute_fingerprints(st, sf, True)
     assert counts.sum() == len(blocks.centre)
     assert (counts * sub_len).sum() * 3 == len(blocks.values)
+    assert derivative_value_count(counts, sf) == len(blocks.values)

@@ -591,6 +591,12 @@ def neighbour_statistics(st, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     return r_min.reshape(ne, ne), counts.reshape(ne, ne + 1)
 
 
+def derivative_value_count(counts: np.ndarray, sf: SymmetryFunctions) -> int:
+    """How many derivative values :func:`compute_fingerprints` stores for pairs counted as in
+    ``counts`` (from :func:`neighbour_statistics`): 3 × the functions each pair moves."""
+    return int((counts * sf.block_tables()[1]).sum()) * 3
+
+
 def pair_kind_counts(st, cutoff: float) -> np.ndarray:
     """The ``counts`` of :func:`neighbour_statistics`."""
     return neighbour_statistics(st, cutoff)[1]

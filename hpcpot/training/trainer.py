@@ -37,6 +37,7 @@ from ..potential.fingerprints import (
     CHUNK_NEIGHBOURS_PER_ATOM,
     CHUNK_PAIRS,
     compute_fingerprints,
+    derivative_value_count,
     neighbour_statistics,
     pair_kind_counts,
 )
@@ -139,9 +140,8 @@ def memory_forecast(counts: np.ndarray, n_atoms: int, sf: SymmetryFunctions, wit
     nm = sf.n_max
     b = n_atoms * nm * 8 * 3  # G, scaled X, network temporaries
     if with_forces:
-        _, sub_len = sf.block_tables()
         pairs = float(counts.sum())
-        values = float((counts * sub_len).sum()) * 3
+        values = float(derivative_value_count(counts, sf))
         if itemsize == 0:  # recompute: one chunk of ~200k pairs at a time
             values *= min(1.0, 200_000 / max(pairs, 1.0))
             pairs = min(pairs, 200_000)
@@ -158,9 +158,8 @@ def fingerprint_transient(counts: np.ndarray, n_atoms: int, sf: SymmetryFunction
     ~10 MiB."""
     if not with_forces or n_atoms == 0:
         return 0.0
-    _, sub_len = sf.block_tables()
     share = min(1.0, CHUNK_PAIRS / CHUNK_NEIGHBOURS_PER_ATOM / n_atoms)
-    return share * float((counts * sub_len).sum()) * 3 * (itemsize or 8)
+    return share * derivative_value_count(counts, sf) * (itemsize or 8)
 
 
 def lm_memory(n_params: int, rank: int) -> float:
@@ -385,9 +384,9 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
         comm.allreduce_sum(hits)
         log(f"fingerprint cache {fp.cache}: {int(hits[0])} images reused, {int(hits[1])} computed and added")
     else:
-        _, sub_len = sf.block_tables()  # the exact number of derivative values: no growing
-        G_t, b_t = compute_fingerprints(st_t, sf, store, dtype, progress=prog, n_values=int((c_t * sub_len).sum()) * 3)
-        G_v, b_v = compute_fingerprints(st_v, sf, store, dtype, n_values=int((c_v * sub_len).sum()) * 3)
+        # the exact number of derivative values: the array is allocated once
+        G_t, b_t = compute_fingerprints(st_t, sf, store, dtype, progress=prog, n_values=derivative_value_count(c_t, sf))
+        G_v, b_v = compute_fingerprints(st_v, sf, store, dtype, n_values=derivative_value_count(c_v, sf))
     t2 = time.perf_counter()
     nb = comm.allreduce_sum(np.array([float(b_t.nbytes if b_t is not None else 0)]))[0]
     log(f"fingerprints{' and derivatives' if need_forces else ''}: {t2 - t1:.1f} s, "
