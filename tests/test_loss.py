@@ -142,3 +142,29 @@ def test_blocked_network_passes_equal_one_block(ref_structures, alpha):
     prob.block, prob.block_energy_only = 7, 5  # many blocks, ragged last one
     blocked = prob.evaluate(p)
     assert np.allclose(blocked, whole, rtol=1e-12, atol=1e-15)
+
+
+
+def test_training_problem_refuses_virials_over_its_shared_gradient_array(ref_structures):
+    """A ShardProblem's force kernel writes v over the input gradients g (one array fewer):
+    virials, which need g, must refuse rather than read v; a Batch (the calculator's and
+    hpcpot.evaluate's) keeps them apart."""
+    from hpcpot.potential.fingerprints import compute_fingerprints
+    from hpcpot.potential.predict import Batch
+    from hpcpot.training.config import FingerprintConfig
+    from hpcpot.training.descriptors import symmetry_functions
+
+    st = ref_structures.subset(np.arange(3))
+    prob, p, lay = small_problem(st)
+    assert prob.v is prob.g
+    prob.evaluate(p)
+    with pytest.raises(ValueError, match="virials need the input gradients"):
+        prob.virials()
+    sf = symmetry_functions(FingerprintConfig(preset="default"), list(st.elements))
+    G, b = compute_fingerprints(st, sf, True, with_virial=True)
+    ne = len(st.elements)
+    gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
+    gmax = np.stack([G[st.species == e].max(0) for e in range(ne)])
+    batch = Batch(st, G, b, lay, gmin, gmax, sf.block_tables())
+    batch.predict(p)
+    assert batch.v is not batch.g and np.isfinite(batch.virials()).all()

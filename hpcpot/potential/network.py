@@ -234,7 +234,7 @@ def _column_sums(a: np.ndarray) -> np.ndarray:
 
 def input_gradient(layers, ps: Pass, scale: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
     """scale * d output / d x for every row, shape (n, n_in), written into ``out`` if given
-    (a C-contiguous (n, n_in) array: the last product lands there without a temporary)."""
+    (an (n, n_in) array or view: the last product lands there without a temporary)."""
     n = len(ps.out)
     abar = np.empty_like(ps.d1[-1])
     _backprop(ps.d1[-1], layers[-1][0], np.full(n, scale), abar)

@@ -252,11 +252,7 @@ class Batch:
         """self.g rows of element e = slope * d(network output)/d(scaled fingerprints)."""
         r0, nf = self.elem_ptr[e], self.layout.n_inputs[e]
         for b0, b1, ps in blocks:
-            rows = self.g[r0 + b0 : r0 + b1, :nf]
-            if rows.flags.c_contiguous:  # every element has n_max functions: no temporary
-                input_gradient(layers, ps, slope, out=rows)
-            else:
-                rows[...] = input_gradient(layers, ps, slope)
+            input_gradient(layers, ps, slope, out=self.g[r0 + b0 : r0 + b1, :nf])
 
     def _energies(self, params: np.ndarray, fill_g: bool = False) -> np.ndarray:
         """Ê per image (eV); with ``fill_g`` also the input gradients self.g, from the same
@@ -316,6 +312,8 @@ class Batch:
         ASE defines it).  Call after :meth:`predict` (it reuses the input gradients ``g``);
         needs fingerprints computed ``with_virial``.
         """
+        if self.with_forces and self.v is self.g:  # a training's ShardProblem: v written over g
+            raise ValueError("virials need the input gradients, which this problem's force kernel overwrites")
         if not self.with_forces or self.blocks is None or self.blocks.virial is None:
             raise ValueError("virials need derivatives computed with_virial=True")
         # ∂E/∂G_f of each atom = g_f * (scaling factor of f): the virial blocks are unscaled
