@@ -373,3 +373,37 @@ def test_split_by_validation_values_on_the_water_set():
     st, tags = read_structures([str(need(DATA / "water_deepmd_64H2O.extxyz.gz"))], False, info_key="system")
     train, val = split_indices(st.n_images, 0.1, 0, tags, "system", ["data_3"])
     assert len(val) == 80 and len(train) == 320 and all(tags[k] == "data_3" for k in val)
+
+
+@pytest.mark.parametrize("suffix", ["extxyz", "traj"])
+def test_reading_in_chunks_gives_the_same_structures(tmp_path, monkeypatch, suffix):
+    """Files are validated and packed READ_CHUNK images at a time (memory): chunks with
+    different elements join into the same Structures, tags stay in order, and an error in a
+    later chunk still names its image."""
+    from hpcpot.training import data
+    from hpcpot.training.data import ImageSet
+
+    ims = [image(energy=-1.0 - k, symbols="PtO" if k < 2 else "OHH", d=1.9 if k < 2 else 0.97, shift=0.01 * k)
+           for k in range(5)]  # fmt: skip
+    for k, a in enumerate(ims):
+        a.info["split"] = "training" if k % 2 else "test"
+    p = write(tmp_path / f"mixed.{suffix}", ims)
+    whole, tags_whole = read_structures([p], need_forces=True, info_key="split")
+    whole_set = ImageSet.open([p], need_forces=True).read(np.arange(5), True)
+    monkeypatch.setattr(data, "READ_CHUNK", 2)
+    st, tags = read_structures([p], need_forces=True, info_key="split")
+    part = ImageSet.open([p], need_forces=True).read(np.array([0, 3, 4]), True)
+    assert tags == tags_whole == ["test", "training", "test", "training", "test"]
+    for got, ref in ((st, whole), (whole_set, whole)):
+        assert got.elements == ref.elements == ("H", "O", "Pt")
+        np.testing.assert_array_equal(got.species, ref.species)
+        np.testing.assert_array_equal(got.positions, ref.positions)
+        np.testing.assert_array_equal(got.forces, ref.forces)
+        np.testing.assert_array_equal(got.energy, ref.energy)
+        assert got.sources == ref.sources
+    np.testing.assert_array_equal(part.energy, whole.energy[[0, 3, 4]])
+    assert part.sources == [f"{p}: image {k}" for k in (0, 3, 4)]
+    bad = write(tmp_path / f"bad.{suffix}", [*ims[:4], image(energy=np.nan)])
+    with pytest.raises(DataError) as exc:
+        read_structures([bad], need_forces=True)
+    assert_names(exc, bad, 4, "energy")
