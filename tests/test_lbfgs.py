@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from hpcpot.training.optimizers.lbfgs import C1, C2, _Point, minimize_lbfgs, two_loop, wolfe_search
+from hpcpot.training.optimizers.lbfgs import C1, C2, _abs_max, _Point, minimize_lbfgs, two_loop, wolfe_search
 
 
 @pytest.mark.parametrize("k", [0, 1, 4, 6])
@@ -46,6 +46,17 @@ def test_two_loop_equals_the_dense_inverse_update(k):
     np.testing.assert_allclose(out, -H @ g, rtol=2e-6, atol=2e-6 * np.abs(H @ g).max())
     assert gmax == np.abs(g).max()
     assert d0 == pytest.approx(float(g @ out), rel=1e-12)
+
+
+def test_abs_max_from_the_bit_patterns():
+    """max |g| via integer compares of the sign-cleared bits: the float answer, signs and
+    subnormals included; inf stays inf and NaN anywhere gives NaN."""
+    rng = np.random.default_rng(3)
+    for g in (rng.normal(size=2962), -np.abs(rng.normal(size=5)), np.array([0.0, -0.0]), np.array([5e-324, -1e-310]),
+              np.array([-1e300, 2.0])):  # fmt: skip
+        assert _abs_max(g) == np.abs(g).max()
+    assert _abs_max(np.array([1.0, -np.inf])) == np.inf
+    assert np.isnan(_abs_max(np.array([1.0, np.nan, 3.0])))
 
 
 def _rosen(x):

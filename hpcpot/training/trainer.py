@@ -631,14 +631,17 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             return buf
 
         def on_iteration(it, p, elapsed):
-            extra, arrays = with_best()
+            # every other rank waits for this on rank 0: the checkpoint fields are built only
+            # when a checkpoint is written
             if cfg.checkpoint.every and it % cfg.checkpoint.every == 0:
+                extra, arrays = with_best()
                 save("optimize", it, p, {"elapsed": elapsed, **extra}, arrays)
             if not replicated:
-                check_signal("optimize", it, p, extra, arrays)
+                if flag.received is not None:
+                    check_signal("optimize", it, p, *with_best())
             elif ev.agreed_stop:  # every copy stops at this iteration (rank 0's own signal
                 # counts from the next evaluation on, like any rank's)
-                path = save("optimize", it, p, extra, arrays)
+                path = save("optimize", it, p, *with_best())
                 raise Interrupted(f"a signal reached {ev.agreed_stop} rank(s): checkpoint written to {path}")
 
         log(f"optimizer: {cfg.optimizer.method}, up to {cfg.optimizer.max_iterations} iterations, "

@@ -332,7 +332,8 @@ def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validat
         if not math.isfinite(loss):
             raise rep.nonfinite(loss)
         last["x"] = x if own else x.copy()
-        last["stats"] = Stats.from_buffer(buf, getattr(evaluate, "last_max", None) if want_max else None)
+        # the figures only: Stats are built for accepted points, not for every line-search trial
+        last["head"] = (buf[:N_HEAD].copy(), getattr(evaluate, "last_max", None) if want_max else None)
         return loss, buf[N_HEAD:] if own else buf[N_HEAD:].copy()
 
     def callback(intermediate_result):
@@ -340,7 +341,7 @@ def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validat
         lx = last.get("x")
         if lx is None or (lx is not x and not np.array_equal(lx, x)):
             fun(x)  # rare: the accepted point was not the last evaluated one
-        if rep.accept(x, last["stats"]):
+        if rep.accept(x, Stats.from_buffer(*last["head"])):
             raise StopIteration
 
     if cfg.optimizer.method == "lbfgs":
@@ -368,7 +369,7 @@ def _finish(rep: Iterations, last: dict, fun, x_end: np.ndarray, message: str, b
     x = rep.x if rep.stats is not None else x_end
     if rep.stats is None:
         fun(x)
-        rep.stats = last["stats"]
+        rep.stats = Stats.from_buffer(*last["head"])
     if rep.conv:
         msg = f"converged after {rep.it} iterations: {rep.msg}"
     else:

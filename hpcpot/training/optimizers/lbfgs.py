@@ -34,6 +34,20 @@ C2 = 0.9  # curvature (weak enough for quasi-Newton steps of length 1 to pass)
 MAX_EVALS_PER_SEARCH = 25
 
 
+@njit(cache=True)
+def _abs_max(g):
+    """max |g_i| from the bit patterns: for floats without their sign bit the integer order is
+    the float order, and an integer max vectorises (a float max, with its NaN semantics, does
+    not: 2962 values 1.85 -> 0.4 µs).  NaN anywhere gives NaN."""
+    gi = g.view(np.int64)
+    m = np.int64(0)
+    for i in range(gi.shape[0]):
+        m = max(m, gi[i] & np.int64(0x7FFFFFFFFFFFFFFF))
+    r = np.empty(1, np.int64)
+    r[0] = m
+    return r.view(np.float64)[0]
+
+
 @njit(cache=True, fastmath=True)  # reassociated dot products vectorise: 3-4x on history 50
 def two_loop(g, S, Y, rho, gam, head, count, out):
     """out = −H·g from the ``count`` newest pairs of the circular buffers (newest at head−1);
@@ -53,21 +67,18 @@ def two_loop(g, S, Y, rho, gam, head, count, out):
     n = g.shape[0]
     alpha = np.empty(m, np.float32)
     q = np.empty(n, np.float32)
-    gmax = 0.0
+    gmax = _abs_max(g)
     if count == 0:
         d0 = 0.0
         for i in range(n):
             out[i] = -g[i]
-            gmax = max(gmax, abs(g[i]))
             d0 -= g[i] * g[i]
         return gmax, d0
     # first loop, newest to oldest: a_k = rho_k s_k.q, q -= a_k y_k
     k = (head - 1) % m
     a = np.float32(0.0)
     for i in range(n):
-        gi = g[i]
-        gmax = max(gmax, abs(gi))
-        qi = np.float32(-gi)
+        qi = np.float32(-g[i])
         q[i] = qi
         a += S[k, i] * qi
     a = np.float32(a * rho[k])
@@ -110,7 +121,7 @@ def two_loop(g, S, Y, rho, gam, head, count, out):
     return gmax, d0
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)  # reassociated sums vectorise: 8.3 -> ? µs per call
 def _store_pair(x_new, x, g_new, g, S, Y, rho, gam, head):
     """Store s = x_new − x and y = g_new − g, rounded to the buffers' float32, at ``head``
     if the rounded pair has enough curvature (H stays positive definite); True if stored.
@@ -144,6 +155,18 @@ def _update(x_new, x, g_new, g, S, Y, rho, gam, head, count, out):
         count = min(count + 1, S.shape[0])
     gmax, d0 = two_loop(g_new, S, Y, rho, gam, head, count, out)
     return head, count, gmax, d0
+
+
+@njit(cache=True, fastmath=True)
+def _copy_dot(g, p):
+    """(a float64 copy of g, gᵀp) in one pass (numpy: a copy and a dot, 2.2 µs at 2962)."""
+    out = np.empty(g.shape[0])
+    d = 0.0
+    for i in range(g.shape[0]):
+        v = np.float64(g[i])
+        out[i] = v
+        d += v * p[i]
+    return out, d
 
 
 @njit(cache=True)
@@ -264,8 +287,8 @@ def minimize_lbfgs(
         xt = _step(x, t, p)
         ft, gt = fun(xt)
         nfev += 1
-        gt = np.array(gt, dtype=float)  # a copy: fun may reuse its buffer
-        return _Point(t, float(ft), float(gt @ p), xt, gt)
+        gt, dt = _copy_dot(np.asarray(gt), p)  # a copy: fun may reuse its buffer
+        return _Point(t, float(ft), dt, xt, gt)
 
     gnorm, d0 = two_loop(g, S, Y, rho, gam, head, count, p)
     while nit < maxiter:
