@@ -330,7 +330,7 @@ def _collectives(comm, ev, n: int = 300) -> float:
 
 def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
     """Predicted efficiency from measured figures (a latency model of the collectives)."""
-    from .training.shard import balanced_ranges
+    from .training.shard import balanced_assignment, imbalance
 
     t1 = res1["compute_rank0_s"]
     # one stage of a tree collective: the measured 2-rank Bcast + Allreduce (rank 0 drives) or
@@ -350,9 +350,7 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
         for scale in (1, 100):
             c = np.tile(costs, scale)
             for P in (16, 64, 256):
-                b = balanced_ranges(c, P)
-                loads = np.add.reduceat(c, b[:-1]) if len(c) >= P else np.ones(P)
-                imb = loads.max() / loads.mean()
+                imb = imbalance(balanced_assignment(c, P), c, P) if len(c) >= P else 1.0
                 tp = t1 * scale / P * imb
                 ideal = t1 * scale / P
                 # with a shard of 1/P of the reference set: the time measured between such
