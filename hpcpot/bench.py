@@ -163,6 +163,20 @@ def single_process(data: str, images: int, repeats: int, log, preset: str = "aut
             f"{m['page_faults']:.0f} page faults per evaluation")  # fmt: skip
     res["modes"] = modes
     res["eval_forces_s"] = modes["float64"]["eval_s"]
+    # [loss] precision = "float32": the network passes in float32 (float32 derivatives)
+    eo32 = ShardProblem(st, G, None, lay, gmin, gmax, tables, 0.0, dtype=np.float32)
+    res["eval_energy_only_float32_passes_s"], _ = _median_time(lambda: eo32.evaluate(p), repeats)
+    _, b32 = compute_fingerprints(st, sf, True, np.float32)
+    pr32 = ShardProblem(st, G, b32, lay, gmin, gmax, tables, 0.04, dtype=np.float32)
+    res["eval_forces_float32_passes_s"], _ = _median_time(lambda pr32=pr32: pr32.evaluate(p), repeats)
+    energy = pr32.energy
+    pr32.energy = pr32.predict_energies(p)
+    rel = float(np.abs(pr32.evaluate(p)[5:] - g64).max() / np.abs(g64).max())
+    pr32.energy = energy
+    del pr32, b32
+    log(f"network passes in float32 ([loss] precision): loss+gradient energy only {1000 * res['eval_energy_only_float32_passes_s']:.1f} ms, "
+        f"with forces (float32 derivatives) {1000 * res['eval_forces_float32_passes_s']:.1f} ms, "
+        f"force-term gradient rel. difference vs float64 {rel:.1e}")  # fmt: skip
     res["calculator_s"] = _calculator_times(data, sf, lay, p, gmin, gmax, repeats)
     log("ASE calculator, one energy+forces call: " + ", ".join(
         f"{n} atoms {1000 * t:.1f} ms" for n, t in res["calculator_s"].items()) + f" (median of {5 * repeats})")  # fmt: skip

@@ -232,6 +232,7 @@ CMD_VALID = 3.0  # validation loss/RMSE only
 CMD_EXTRA = 4.0  # the caller's extra evaluation (Levenberg–Marquardt's normal equations)
 CMD_JOIN = 5.0  # every rank runs a copy of the optimiser from here (see Evaluator.everywhere)
 CMD_DONE = 6.0  # (everywhere only) the copies left the optimiser together
+CMD_FLOAT64 = 7.0  # switch the problems' float32 network passes to float64 (no reduction)
 FLAG_MAX = 10.0  # added to a command: also reduce the max residuals
 
 # Control slots appended to every reduction of the replicated mode: two 16-bit hashes h of
@@ -398,7 +399,27 @@ class Evaluator:
                 self.join_meta = self.comm.bcast(None)
             if self.cmd[0] in (CMD_STOP, CMD_JOIN):
                 return float(self.cmd[0])
+            if self.cmd[0] == CMD_FLOAT64:
+                self._use_float64()
+                continue
             self._run(self.cmd[0])
+
+    def use_float64(self, broadcast: bool) -> bool:
+        """Float64 network passes from the next evaluation on, on every rank (one way; True if
+        the passes were float32).  ``broadcast``: rank 0 driving, the workers in :meth:`serve`
+        switch too; copies of the optimiser on every rank each call it with False at the same
+        iteration."""
+        if broadcast and self.comm.size > 1:
+            self.cmd[0] = CMD_FLOAT64
+            self.comm.Bcast(self.cmd)
+        return self._use_float64()
+
+    def _use_float64(self) -> bool:
+        changed = False
+        for prob in (self.train, self.valid):
+            if prob is not None and hasattr(prob, "use_float64"):
+                changed = prob.use_float64() or changed
+        return changed
 
     def join(self, params: np.ndarray, meta: dict) -> None:
         """Rank 0: call the workers out of :meth:`serve` into their copies of the optimiser,

@@ -35,8 +35,9 @@ def ref_structures():
     return st
 
 
-def small_problem(st, alpha=0.04, hidden=(7, 5), activation="tanh", dtype=np.float64):
-    """(ShardProblem, params, layout) on Structures st with scaling from st itself."""
+def small_problem(st, alpha=0.04, hidden=(7, 5), activation="tanh", dtype=np.float64, precision=np.float64):
+    """(ShardProblem, params, layout) on Structures st with scaling from st itself
+    (``dtype``: of the stored derivatives; ``precision``: of the network passes)."""
     from hpcpot.potential.fingerprints import compute_fingerprints
     from hpcpot.potential.network import Layout, initial_parameters
     from hpcpot.training.config import FingerprintConfig
@@ -51,7 +52,7 @@ def small_problem(st, alpha=0.04, hidden=(7, 5), activation="tanh", dtype=np.flo
     lay = Layout(st.elements, tuple(int(n) for n in sf.n_functions), hidden, activation)
     p = initial_parameters(lay, np.full(ne, 0.5), np.full(ne, st.energy.mean() / st.n_atoms.mean()), 3)
     p += np.random.default_rng(0).normal(0, 0.1, p.size)
-    return ShardProblem(st, G, b, lay, gmin, gmax, sf.block_tables(), alpha), p, lay
+    return ShardProblem(st, G, b, lay, gmin, gmax, sf.block_tables(), alpha, dtype=precision), p, lay
 
 
 def run_mpi(n: int, args: list[str], timeout: float = 240, env: dict | None = None):

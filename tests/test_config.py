@@ -81,6 +81,8 @@ def test_values_are_taken_and_coerced():
     # the digest covers the problem definition, not e.g. the output folder
     assert cfg.digest() == parse_config({**table, "output": {"dir": "elsewhere"}}, SRC).digest()
     assert cfg.digest() != parse_config({**table, "loss": {"force_coefficient": 0.2}}, SRC).digest()
+    # the arithmetic of the network passes is not the problem: a run may resume with the other
+    assert cfg.digest() == parse_config({**table, "loss": {**table.get("loss", {}), "precision": "float32"}}, SRC).digest()
 
 
 # --------------------------------------------------------------------------- errors
@@ -137,6 +139,7 @@ def test_wrong_type(table, key):
         ("fingerprints", "scaling", "zscore"),
         ("optimizer", "method", "adam"),
         ("convergence", "on", "test"),
+        ("loss", "precision", "float16"),
     ],
 )
 def test_bad_choice(section, key, value):
@@ -290,6 +293,7 @@ def test_per_element_override_other_keys_and_preset():
         ({"fingerprints": {"g2_etas": [-1.0]}}, "g2_etas"),
         ({"fingerprints": {"elements": {"O": {"g4_gammas": [2.0]}}}}, "g4_gammas"),
         ({"parallel": {"memory_per_rank": -1.0}}, "memory_per_rank"),
+        ({"optimizer": {"method": "lm"}, "loss": {"precision": "float32"}}, "precision"),
     ],
 )
 def test_more_bad_ranges_name_the_key(table, key):

@@ -169,3 +169,45 @@ def test_deferred_log_keeps_every_iteration_also_when_a_run_fails(tmp_path):
         run_optimizer(lambda x, want_max=False: evaluate(x, fail_at=8), np.ones(20), cfg, True, log)
     recs = [json.loads(v) for v in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert len(recs) >= 5 and [r["iteration"] for r in recs] == list(range(1, len(recs) + 1))
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "lbfgsb"])
+def test_a_stalled_line_search_switches_to_exact_losses_and_goes_on(method):
+    """run_optimizer's on_stall: a loss rounded to float32 (as float32 network passes give)
+    stops the line search near the minimum; on_stall then switches the evaluation to float64
+    once, the method goes on from the last accepted point, and the iterations keep counting."""
+    from hpcpot.training.config import parse_config
+    from hpcpot.training.loss import N_HEAD
+    from hpcpot.training.optimizers import LogWriter, run_optimizer
+
+    d = np.logspace(0, 2, 40)
+    state = {"dtype": np.float32, "stalls": []}
+
+    def evaluate(x, want_max=False):
+        buf = np.zeros(N_HEAD + len(x))
+        r = x - 1.0
+        buf[0] = np.asarray(1.0 + 0.5 * float(r @ (d * r)), state["dtype"])  # 1 + ...: float32 resolves 6e-8
+        buf[1:N_HEAD] = (1.0, 1.0, 1.0, 1.0)
+        buf[N_HEAD:] = d * r
+        return buf
+
+    def on_stall(it, message):
+        assert message
+        state["stalls"].append(it)
+        if state["dtype"] == np.float64:
+            return False
+        state["dtype"] = np.float64
+        return True
+
+    cfg = parse_config({"optimizer": {"method": method, "max_iterations": 400, "history": 10},
+                        "convergence": {"energy_rmse": 0.0, "force_rmse": 0.0}})  # fmt: skip
+    x0 = np.zeros(40)
+    res = run_optimizer(evaluate, x0, cfg, True, LogWriter(None, None), on_stall=on_stall)
+    assert state["stalls"] and state["stalls"][0] < 400 and len(state["stalls"]) <= 2
+    first = state["stalls"][0]
+    assert res.iterations > first  # it went on after the switch
+    assert res.stats.loss - 1.0 < 1e-10  # below what float32 could resolve
+    # without on_stall the same run stops at the first stall, where float32 left it
+    state["dtype"] = np.float32
+    res32 = run_optimizer(evaluate, x0, cfg, True, LogWriter(None, None))
+    assert res32.iterations == first and not res32.converged

@@ -39,6 +39,32 @@ def test_float32_derivatives_cost_little_gradient_accuracy(ref_structures):
     assert 0 < rel < 1e-5  # float32 storage changes the gradient, but only at ~1e-7 level
 
 
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "linear"])
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_float32_network_passes_agree_with_float64(ref_structures, activation, alpha):
+    """[loss] precision = "float32": weights, inputs and activations rounded, sums in float64.
+    The loss and every gradient component agree with the float64 passes (whose gradient the
+    finite-difference test checks) to ~1e-6 of the largest, and the arrays the passes use
+    really are float32."""
+    st = ref_structures.subset(np.arange(8))
+    p64, p, _ = small_problem(st, alpha=alpha, activation=activation)
+    p32, _, _ = small_problem(st, alpha=alpha, activation=activation, precision=np.float32)
+    assert p32.X[0].dtype == np.float32 and (alpha == 0 or p32.g.dtype == np.float32)
+    b64 = p64.evaluate(p).copy()
+    b32 = p32.evaluate(p).copy()
+    assert b32.dtype == np.float64
+    assert b32[0] == pytest.approx(b64[0], rel=1e-6) and b32[0] != b64[0]
+    np.testing.assert_allclose(b32[1:5], b64[1:5], rtol=1e-5)
+    g64, g32 = b64[5:], b32[5:]
+    assert np.abs(g32 - g64).max() <= 2e-6 * np.abs(g64).max()
+    # energies and forces of the same parameters, as a training's validation sees them
+    E64, F64 = p64.predict(p)
+    E32, F32 = p32.predict(p)
+    np.testing.assert_allclose(E32, E64, rtol=1e-6)
+    if alpha:
+        assert np.abs(F32 - F64).max() <= 1e-5 * np.abs(F64).max()
+
+
 def test_force_kernel_does_not_depend_on_the_order_of_pairs(ref_structures):
     """The kernel gathers a centre's input gradients once per run of its pairs: with the pairs
     of every image shuffled (no centre's pairs contiguous any more) the loss, gradient and
@@ -133,6 +159,34 @@ def test_tanh_kernel_matches_numpy_to_rounding():
     _tanh_and_derivative(out, bias, d, np.empty(zb.size), np.empty(zb.size))
     assert np.allclose(out, np.tanh(zb + bias), rtol=1e-15, atol=0)
     assert np.allclose(d, 1 / np.cosh(zb + bias) ** 2, rtol=1e-14, atol=0)
+
+
+def test_float32_tanh_kernel_matches_numpy_to_float32_rounding():
+    from hpcpot.potential.network import _tanh_and_derivative32
+
+    tiny = np.logspace(-30, 0, 3000)
+    z0 = np.concatenate([np.linspace(-30, 30, 200_001), tiny, -tiny, [0.0, 400.0, -1e6, 19.1, -19.1, 44.0]])
+    z0 = z0.astype(np.float32)
+    z = z0.copy()
+    d1 = np.empty_like(z)
+    _tanh_and_derivative32(z[:, None], np.zeros(1, np.float32), d1[:, None], np.empty(z.size, np.float32),
+                           np.empty(z.size, np.float32))  # fmt: skip
+    assert z.dtype == d1.dtype == np.float32
+    zz = z0.astype(float)
+    ref = np.tanh(zz)
+    eps = np.finfo(np.float32).eps
+    assert np.all(np.abs(z - ref) <= 3 * eps * np.abs(ref))  # a few float32 ulp, tiny |z| too
+    ok = np.abs(zz) < 40
+    ref = 1.0 / np.cosh(zz[ok]) ** 2
+    assert np.all(np.abs(d1[ok] - ref) <= 4 * eps * ref)
+    assert np.all(d1[~ok] < 1e-30) and np.all(np.abs(z[~ok]) == 1.0)
+    zb = np.random.default_rng(0).normal(0, 2, (50, 3)).astype(np.float32)
+    out, d = zb.copy(), np.empty_like(zb)
+    bias = np.array([0.5, -1.0, 0.0], np.float32)
+    _tanh_and_derivative32(out, bias, d, np.empty(zb.size, np.float32), np.empty(zb.size, np.float32))
+    zr = zb.astype(float) + bias
+    assert np.allclose(out, np.tanh(zr), rtol=3 * eps, atol=0)
+    assert np.allclose(d, 1 / np.cosh(zr) ** 2, rtol=4 * eps, atol=0)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.04])

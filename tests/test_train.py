@@ -109,6 +109,41 @@ validate_every = 10
     assert (tmp_path / "p-energies.csv").read_bytes() == before
 
 
+def test_float32_network_passes_train_like_float64(tmp_path):
+    """A training with [loss] precision = "float32" follows the float64 one (the first
+    iterations' losses agree to rounding amplified by a few L-BFGS steps) and ends as low;
+    the model it writes is float64 like any other."""
+    runs = {}
+    for prec in ("float64", "float32"):
+        cfg = tmp_path / f"{prec}.toml"
+        cfg.write_text(f"""
+[data]
+train = ["{need(REF)}"]
+index = ":120"
+[model]
+hidden = [8, 8]
+[loss]
+precision = "{prec}"
+[optimizer]
+max_iterations = 40
+[convergence]
+energy_rmse = 0
+force_rmse = 0
+[output]
+dir = "out-{prec}"
+""")
+        r = _run(cfg)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[prec] = [json.loads(line)["loss"] for line in (tmp_path / f"out-{prec}" / "log.jsonl").read_text().splitlines()]
+    a, b = np.array(runs["float64"]), np.array(runs["float32"])
+    assert len(a) == len(b) == 40
+    np.testing.assert_allclose(b[:5], a[:5], rtol=1e-4)
+    assert not np.array_equal(a[:5], b[:5])  # really another arithmetic
+    assert b[-1] < a[0] / 5 and b[-1] < 1.5 * a[-1]
+    model = json.loads((tmp_path / "out-float32" / "model.json").read_text())
+    assert "precision" not in json.dumps(model)
+
+
 def test_memory_forecast_refuses_before_allocating(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"""

@@ -175,9 +175,10 @@ class Batch:
     def __init__(
         self, st, G: np.ndarray, blocks: DerivativeBlocks | None, layout: Layout,
         gmin: np.ndarray, gmax: np.ndarray, sub_tables: tuple[np.ndarray, np.ndarray],
-        with_forces: bool = True, recompute=None,
+        with_forces: bool = True, recompute=None, dtype=np.float64,
     ):  # fmt: skip
         self.layout = layout
+        self.dtype = np.dtype(dtype)  # of the network passes (see _forward)
         self.with_forces = with_forces and (blocks is not None or recompute is not None)
         self.recompute = recompute
         self.st = st
@@ -206,7 +207,7 @@ class Batch:
             x *= factor[e, :nf]
             x -= 1.0
             x[:, rng[e, :nf] <= 0] = 0.0
-            self.X.append(np.ascontiguousarray(x))
+            self.X.append(np.ascontiguousarray(x, dtype=self.dtype))
             self.img.append(img_of_atom[idx])
         self.blocks = blocks
         self.sub_idx, self.sub_len = sub_tables
@@ -216,10 +217,27 @@ class Batch:
             b = blocks
             if b is not None:
                 _scale_derivatives(b.centre, b.kind, b.ptr, b.values, st.species, self.sub_idx, self.sub_len, factor)
-            self.g = np.zeros((len(order), nmax))
-            self.v = np.zeros((len(order), nmax))
+            # input gradients g and force-residual tangents v in the passes' precision: the
+            # force kernel reads and writes them, summing in float64 (numpy's float32
+            # products into a float64 out took 4x as long as into float32)
+            self.g = np.zeros((len(order), nmax), self.dtype)
+            self.v = np.zeros((len(order), nmax), self.dtype)
             self.Fhat = np.zeros((len(order), 3))
         self.last_max = (0.0, 0.0)
+
+    def use_float64(self) -> bool:
+        """Switch float32 network passes to float64 from now on (the inputs keep their float32
+        rounding: a fixed perturbation of the data, not noise in the loss); False if they
+        already were float64."""
+        if self.dtype == np.float64:
+            return False
+        self.dtype = np.dtype(np.float64)
+        self.X = [x.astype(np.float64) for x in self.X]
+        if self.with_forces:
+            shared = self.v is self.g
+            self.g = np.zeros(self.g.shape)
+            self.v = self.g if shared else np.zeros(self.v.shape)
+        return True
 
     # Atoms go through the networks in blocks of this many rows, so that the temporaries of
     # the backward passes stay in cache: on the reference set (3000 images, 2 x 20 tanh),
@@ -239,6 +257,10 @@ class Batch:
         [(b0, b1, Pass)], outputs (n_e,))."""
         lay = self.layout
         layers = lay.unpack(params, e)
+        if self.dtype != np.float64:
+            # float32 passes (a training's [loss] precision): rounded copies of the weights;
+            # energies, input gradients and parameter gradients are summed in float64
+            layers = [(W.astype(self.dtype), b.astype(self.dtype)) for W, b in layers]
         slope, intercept = lay.slope_intercept(params, e)
         out_e = np.empty(len(self.X[e]))
         blocks = []

@@ -28,9 +28,9 @@ class ShardProblem(Batch):
     def __init__(
         self, st, G: np.ndarray, blocks: DerivativeBlocks | None, layout: Layout,
         gmin: np.ndarray, gmax: np.ndarray, sub_tables: tuple[np.ndarray, np.ndarray],
-        force_coefficient: float, recompute=None,
+        force_coefficient: float, recompute=None, dtype=np.float64,
     ):  # fmt: skip
-        super().__init__(st, G, blocks, layout, gmin, gmax, sub_tables, force_coefficient > 0, recompute)
+        super().__init__(st, G, blocks, layout, gmin, gmax, sub_tables, force_coefficient > 0, recompute, dtype)
         self.alpha = force_coefficient
         if self.with_forces:
             self.wF = force_coefficient / (3.0 * self.natoms)
@@ -85,6 +85,7 @@ class ShardProblem(Batch):
         if not with_grad:
             return buf
         grad = buf[N_HEAD:]
+        dt = self.dtype
         wE = rE / self.natoms  # dL/dÊ_j
         for e in range(ne):
             if passes[e] is None:
@@ -96,12 +97,14 @@ class ShardProblem(Batch):
             outdot_sum = 0.0
             for b0, b1, ps in blocks:
                 v = self.v[r0 + b0 : r0 + b1, : lay.n_inputs[e]] if do_forces else None
-                grads, outdot = parameter_gradient(layers, ps, slope * wE_atom[b0:b1], v, -slope)
+                if v is not None and dt != v.dtype:
+                    v = v.astype(dt)
+                grads, outdot = parameter_gradient(layers, ps, (slope * wE_atom[b0:b1]).astype(dt, copy=False), v, -float(slope))
                 for (gW, gb), (dW, db) in zip(gl, grads, strict=True):
                     gW += dW
                     gb += db
                 if outdot is not None:
-                    outdot_sum += outdot.sum()
+                    outdot_sum += outdot.sum(dtype=np.float64)
             k = lay.scaling_offset + 2 * e
             grad[k] += wE_atom @ out_e - outdot_sum
             grad[k + 1] += wE_atom.sum()

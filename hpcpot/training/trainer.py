@@ -222,8 +222,9 @@ def energy_scaling(comm: SerialComm, st: Structures, n_el: int) -> tuple[np.ndar
     return np.full(n_el, slope), mu
 
 
-def _exercise_kernels() -> None:
-    """Run every numba kernel once on a two-atom system, float64 and float32 derivatives."""
+def _exercise_kernels(precision: str = "float64") -> None:
+    """Run every numba kernel once on a two-atom system, float64 and float32 derivatives,
+    network passes in ``precision``."""
     from ase import Atoms
 
     atoms = Atoms("OPt", positions=[[0, 0, 0], [2.0, 0, 0]])
@@ -234,7 +235,7 @@ def _exercise_kernels() -> None:
     for dt in (np.float64, np.float32):
         G, b = compute_fingerprints(st, sf, True, dt)
         prob = ShardProblem(st, G, b, lay, G.min(0, keepdims=True).repeat(2, 0), G.max(0, keepdims=True).repeat(2, 0) + 1,
-                            sf.block_tables(), 0.1)  # fmt: skip
+                            sf.block_tables(), 0.1, dtype=np.dtype(precision))  # fmt: skip
         prob.evaluate(np.zeros(lay.n_params) + 0.1)
     compute_fingerprints(st, sf, False)
     # hpcpot's L-BFGS (the default optimiser): its kernels with the types a training passes
@@ -243,16 +244,16 @@ def _exercise_kernels() -> None:
     minimize_lbfgs(lambda x: (float(x @ x), 2.0 * x), np.linspace(1.0, 2.0, 3), history=2, maxiter=3)
 
 
-def warm_up_kernels(comm: SerialComm, log) -> None:
+def warm_up_kernels(comm: SerialComm, log, precision: str = "float64") -> None:
     """Compile the numba kernels once: rank 0 compiles (or loads numba's on-disk cache),
     then the other ranks load that cache.  64 ranks never compile 64 times nor race to
     write the same cache files."""
     t0 = time.perf_counter()
     if comm.rank == 0:
-        _exercise_kernels()
+        _exercise_kernels(precision)
     comm.barrier()
     if comm.rank != 0:
-        _exercise_kernels()
+        _exercise_kernels(precision)
     comm.barrier()
     log(f"kernels ready in {time.perf_counter() - t0:.1f} s (numba compile or cache load)")
 
@@ -284,7 +285,7 @@ def _filtered(comm: SerialComm, cfg: Config, images: ImageSet, vimages: ImageSet
 
 def build(comm: SerialComm, cfg: Config, log) -> Setup:
     """Read this rank's shard, fingerprint it, and set up global scaling and parameters."""
-    warm_up_kernels(comm, log)
+    warm_up_kernels(comm, log, cfg.loss.precision)
     t0 = time.perf_counter()
     alpha = cfg.loss.force_coefficient
     need_forces = alpha > 0
@@ -413,9 +414,10 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     lo, hi = template.input_bounds()
     tables = sf.block_tables()
     rec = sf if (need_forces and not store) else None
-    train = ShardProblem(st_t, G_t, b_t, layout, lo, hi, tables, alpha, recompute=rec)
+    dt = np.dtype(cfg.loss.precision)
+    train = ShardProblem(st_t, G_t, b_t, layout, lo, hi, tables, alpha, recompute=rec, dtype=dt)
     n_val = len(g_val)
-    valid = ShardProblem(st_v, G_v, b_v, layout, lo, hi, tables, alpha, recompute=rec) if n_val else None
+    valid = ShardProblem(st_v, G_v, b_v, layout, lo, hi, tables, alpha, recompute=rec, dtype=dt) if n_val else None
     digest = data_digest(comm, st_t, st_v)
     return Setup(sf, layout, train, valid, template, x0, len(g_train), n_val, digest)
 
@@ -520,6 +522,24 @@ def _replicated_calls(ev: Evaluator, flag: SignalFlag, t0: float):
     return evaluate, validate, lambda: ev.agreed_elapsed
 
 
+def _float64_fallback(cfg: Config, ev: Evaluator, broadcast: bool, log):
+    """``on_stall`` for run_optimizer under [loss] precision = "float32": when the optimiser
+    stops early (late in a fit the float32 passes' rounding can be as large as the decrease
+    the line search looks for: Mo, one seed of three, 153 iterations before the budget),
+    switch every rank to float64 passes and go on from the last accepted point."""
+    if cfg.loss.precision != "float32":
+        return None
+
+    def on_stall(it: int, message: str) -> bool:
+        if not ev.use_float64(broadcast):
+            return False
+        log(f"iteration {it}: the optimiser stopped with float32 network passes ({message}); "
+            "float64 passes from here on (the optimiser's memory starts afresh)")  # fmt: skip
+        return True
+
+    return on_stall
+
+
 def _follow(cfg: Config, ev: Evaluator, flag: SignalFlag) -> None:
     """Ranks > 0: run this rank's copy of the optimiser (rank 0 logs, checkpoints and writes
     the model), then return to :meth:`Evaluator.serve`."""
@@ -533,7 +553,7 @@ def _follow(cfg: Config, ev: Evaluator, flag: SignalFlag) -> None:
     try:
         res = run_optimizer(evaluate, ev.cmd[2:].copy(), cfg, meta["with_forces"], LogWriter(None, None),
                             meta["iteration"], 0.0, validate if meta["validate"] else None, on_iteration, Best(),
-                            clock=clock)  # fmt: skip
+                            clock=clock, on_stall=_float64_fallback(cfg, ev, False, lambda *a: None))  # fmt: skip
     except (Interrupted, NonFiniteLoss, ReplicaMismatch):
         return  # met by every copy at once; rank 0 reports it and releases this rank
     ev.everywhere(res.params, CMD_DONE)
@@ -577,6 +597,11 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             log("the checkpointed run had already finished; nothing to do")
             return 0
     logw = LogWriter(os.path.join(out, "log.jsonl"), log)
+
+    def logw_line(msg: str) -> None:  # after the iteration lines the writer holds back
+        logw.flush()
+        log(msg)
+
     t0 = time.perf_counter() - elapsed0
 
     def save(stage_: str, it: int, params: np.ndarray, extra=None, arrays=None) -> str:
@@ -652,7 +677,8 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             r_eval, r_valid, clock = _replicated_calls(ev, flag, t0)
             try:
                 res = run_optimizer(r_eval, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
-                                    r_valid if setup.valid is not None else None, on_iteration, best, clock=clock)  # fmt: skip
+                                    r_valid if setup.valid is not None else None, on_iteration, best, clock=clock,
+                                    on_stall=_float64_fallback(cfg, ev, False, logw_line))  # fmt: skip
                 ev.everywhere(res.params, CMD_DONE)
             except (Interrupted, NonFiniteLoss, ReplicaMismatch):
                 ev.joined = False  # met by every copy at the same evaluation: all have left
@@ -661,7 +687,8 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         else:
             res = run_optimizer(evaluate, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
                                 validate if setup.valid is not None else None, on_iteration, best,
-                                normal_equations, lm_loss, opt_state)  # fmt: skip
+                                normal_equations, lm_loss, opt_state,
+                                on_stall=_float64_fallback(cfg, ev, True, logw_line))  # fmt: skip
         t_end_opt = time.perf_counter()
     except Interrupted as exc:
         log(f"stopped: {exc}; resume with --restart")

@@ -279,6 +279,7 @@ def run_optimizer(
     loss_only: Callable[[np.ndarray, bool], np.ndarray] | None = None,
     opt_state: dict | None = None,
     clock: Callable[[], float] | None = None,
+    on_stall: Callable[[int, str], bool] | None = None,
 ) -> Result:
     """Minimise with the configured method (:func:`.lbfgs.minimize_lbfgs`, scipy, or
     :func:`.lm.run_lm`); ``evaluate(x, want_max)`` returns the
@@ -292,10 +293,14 @@ def run_optimizer(
     the start and kept current for checkpoints).  ``clock()``: the elapsed seconds of the run
     (default: this process's clock from ``elapsed0``); copies of the optimiser on several
     ranks pass one clock they agree on, so that they stop at the same iteration.
+    ``on_stall(iteration, message)``: called when a gradient method stops early (its line
+    search found no lower point, say; ``message`` is its own); True if it changed the
+    evaluation (float32 network passes switched to float64) and the method should go on from
+    the last accepted point with a fresh memory.
     """
     try:
         return _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best,
-                    normal_equations, loss_only, opt_state, clock)  # fmt: skip
+                    normal_equations, loss_only, opt_state, clock, on_stall)  # fmt: skip
     except BaseException:
         with contextlib.suppress(OSError):  # the iterations so far reach the log, as when written one by one
             log.flush()
@@ -303,7 +308,7 @@ def run_optimizer(
 
 
 def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best,
-         normal_equations, loss_only, opt_state, clock) -> Result:  # fmt: skip
+         normal_equations, loss_only, opt_state, clock, on_stall) -> Result:  # fmt: skip
     best = best if best is not None else Best()
     rep = Iterations(cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best, clock)
     rep.x = x0.copy()
@@ -344,11 +349,21 @@ def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validat
         if rep.accept(x, Stats.from_buffer(*last["head"])):
             raise StopIteration
 
+    def stalled(message: str) -> bool:
+        """The method stopped before the budget and the criteria, and on_stall changed the
+        evaluation: go on."""
+        if rep.conv or rep.budget_hit or rep.it >= cfg.optimizer.max_iterations or "callback" in message:
+            return False
+        return on_stall is not None and on_stall(rep.it, message)
+
     if cfg.optimizer.method == "lbfgs":
         from .lbfgs import minimize_lbfgs
 
-        res = minimize_lbfgs(fun, x0, cfg.optimizer.history, remaining, callback)
-        return _finish(rep, last, fun, res.x, res.message, best)
+        while True:
+            res = minimize_lbfgs(fun, x0, cfg.optimizer.history, cfg.optimizer.max_iterations - rep.it, callback)
+            if not stalled(res.message):
+                return _finish(rep, last, fun, res.x, res.message, best)
+            x0 = rep.x
     if cfg.optimizer.method == "lbfgsb":
         opts = {"maxiter": remaining, "maxcor": cfg.optimizer.history, "ftol": 1e-15, "gtol": 1e-12, "maxfun": 10 * remaining + 100}
         method = "L-BFGS-B"
@@ -360,8 +375,13 @@ def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validat
         method = "BFGS"
     import scipy.optimize  # only here: ~35 MiB of imports a run with hpcpot's L-BFGS does not need
 
-    res = scipy.optimize.minimize(fun, x0, jac=True, method=method, callback=callback, options=opts)
-    return _finish(rep, last, fun, res.x, res.message, best)
+    while True:
+        res = scipy.optimize.minimize(fun, x0, jac=True, method=method, callback=callback, options=opts)
+        if not stalled(str(res.message)):
+            return _finish(rep, last, fun, res.x, res.message, best)
+        x0 = rep.x.copy()
+        left = cfg.optimizer.max_iterations - rep.it
+        opts = {**opts, "maxiter": left, **({"maxfun": 10 * left + 100} if "maxfun" in opts else {})}
 
 
 def _finish(rep: Iterations, last: dict, fun, x_end: np.ndarray, message: str, best: Best) -> Result:
