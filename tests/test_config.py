@@ -293,7 +293,6 @@ def test_per_element_override_other_keys_and_preset():
         ({"fingerprints": {"g2_etas": [-1.0]}}, "g2_etas"),
         ({"fingerprints": {"elements": {"O": {"g4_gammas": [2.0]}}}}, "g4_gammas"),
         ({"parallel": {"memory_per_rank": -1.0}}, "memory_per_rank"),
-        ({"optimizer": {"method": "lm"}, "loss": {"precision": "float32"}}, "precision"),
     ],
 )
 def test_more_bad_ranges_name_the_key(table, key):

@@ -29,6 +29,8 @@ scaling = "{scaling}"
 storage = "float64"
 [model]
 hidden = [8, 8]
+[loss]
+precision = "float64"  # the readers and the ranks are compared to 1e-12
 [optimizer]
 max_iterations = {iters}
 [convergence]

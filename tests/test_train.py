@@ -35,6 +35,8 @@ seed = 3
 storage = "float64"  # as hpcpot.evaluate computes them: its figures must match to 1e-9 below
 [model]
 hidden = [10, 10]
+[loss]
+precision = "float64"  # likewise
 [optimizer]
 max_iterations = 300
 [convergence]

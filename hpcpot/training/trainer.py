@@ -285,7 +285,7 @@ def _filtered(comm: SerialComm, cfg: Config, images: ImageSet, vimages: ImageSet
 
 def build(comm: SerialComm, cfg: Config, log) -> Setup:
     """Read this rank's shard, fingerprint it, and set up global scaling and parameters."""
-    warm_up_kernels(comm, log, cfg.loss.precision)
+    warm_up_kernels(comm, log, network_precision(cfg))
     t0 = time.perf_counter()
     alpha = cfg.loss.force_coefficient
     need_forces = alpha > 0
@@ -414,7 +414,7 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     lo, hi = template.input_bounds()
     tables = sf.block_tables()
     rec = sf if (need_forces and not store) else None
-    dt = np.dtype(cfg.loss.precision)
+    dt = np.dtype(network_precision(cfg))
     train = ShardProblem(st_t, G_t, b_t, layout, lo, hi, tables, alpha, recompute=rec, dtype=dt)
     n_val = len(g_val)
     valid = ShardProblem(st_v, G_v, b_v, layout, lo, hi, tables, alpha, recompute=rec, dtype=dt) if n_val else None
@@ -522,12 +522,19 @@ def _replicated_calls(ev: Evaluator, flag: SignalFlag, t0: float):
     return evaluate, validate, lambda: ev.agreed_elapsed
 
 
+def network_precision(cfg: Config) -> str:
+    """The dtype of the training's network passes: [loss] precision, except for method "lm"
+    (its Jacobian rows are float64; mixing them with float32 losses would mislead its
+    gain ratio)."""
+    return "float64" if cfg.optimizer.method == "lm" else cfg.loss.precision
+
+
 def _float64_fallback(cfg: Config, ev: Evaluator, broadcast: bool, log):
     """``on_stall`` for run_optimizer under [loss] precision = "float32": when the optimiser
     stops early (late in a fit the float32 passes' rounding can be as large as the decrease
     the line search looks for: Mo, one seed of three, 153 iterations before the budget),
     switch every rank to float64 passes and go on from the last accepted point."""
-    if cfg.loss.precision != "float32":
+    if network_precision(cfg) != "float32":
         return None
 
     def on_stall(it: int, message: str) -> bool:
