@@ -245,14 +245,24 @@ def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, kind: st
     return Pass((a @ W[0]) + b[0], acts, d1s, kind)
 
 
+# The two kernels below index flat views with an offset chosen per row (the row's own, or 0
+# when abar/tdbar is one row for every row): with 2-D indexing by r * stride LLVM did not
+# vectorise them; flat, a 2048 x 20 float32 block takes 18 µs instead of 55.  They need
+# C-contiguous d1, a, zdot, zbar, zdbar, abar and tdbar, which the passes always give.
 @njit(cache=True, fastmath=True)
 def _backprop(d1, abar, arow, zbar):
     """zbar = d1 * abar * arow[:, None]; abar is (n, h) or one row (1, h) for every row."""
-    sa = 1 if abar.shape[0] > 1 else 0
-    for r in range(d1.shape[0]):
+    n, h = d1.shape
+    D = d1.ravel()
+    Z = zbar.ravel()
+    AB = abar.ravel()
+    full = abar.shape[0] > 1
+    for r in range(n):
         s = arow[r]
-        for c in range(d1.shape[1]):
-            zbar[r, c] = d1[r, c] * abar[r * sa, c] * s
+        o = r * h
+        oa = o if full else 0
+        for c in range(h):
+            Z[o + c] = D[o + c] * AB[oa + c] * s
 
 
 @njit(cache=True, fastmath=True)
@@ -263,15 +273,27 @@ def _backprop_tangent(d1, a, c0, c1, abar, arow, zdot, tdbar, zbar, zdbar):
         zdbar = f' * tdbar
 
     abar and tdbar are (n, h) or one row (1, h) for every row."""
-    sa = 1 if abar.shape[0] > 1 else 0
-    st = 1 if tdbar.shape[0] > 1 else 0
-    for r in range(d1.shape[0]):
+    n, h = d1.shape
+    D = d1.ravel()
+    A = a.ravel()
+    Zd = zdot.ravel()
+    Z = zbar.ravel()
+    ZD = zdbar.ravel()
+    AB = abar.ravel()
+    TB = tdbar.ravel()
+    full_a = abar.shape[0] > 1
+    full_t = tdbar.shape[0] > 1
+    for r in range(n):
         s = arow[r]
-        for c in range(d1.shape[1]):
-            d = d1[r, c]
-            t = tdbar[r * st, c]
-            zbar[r, c] = d * (abar[r * sa, c] * s + (c0 + c1 * a[r, c]) * zdot[r, c] * t)
-            zdbar[r, c] = d * t
+        o = r * h
+        oa = o if full_a else 0
+        ot = o if full_t else 0
+        for c in range(h):
+            i = o + c
+            d = D[i]
+            t = TB[ot + c]
+            Z[i] = d * (AB[oa + c] * s + (c0 + c1 * A[i]) * Zd[i] * t)
+            ZD[i] = d * t
 
 
 def _column_sums(a: np.ndarray) -> np.ndarray:
