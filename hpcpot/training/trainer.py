@@ -109,6 +109,18 @@ def resident_bytes() -> float:
         return 0.0
 
 
+def _element_rows(G: np.ndarray, species: np.ndarray, n_elements: int, chunk: int = 8192):
+    """(element, a copy of its rows of G) over chunks of ``chunk`` rows: what a masked copy of
+    a whole element's rows would allocate at once (+15 MiB on the reference set, at the peak
+    of a training) in small pieces."""
+    for c0 in range(0, len(G), chunk):
+        sp = species[c0 : c0 + chunk]
+        for e in range(n_elements):
+            sel = sp == e
+            if sel.any():
+                yield e, G[c0 : c0 + chunk][sel]
+
+
 def fingerprint_moments(comm: SerialComm, G: np.ndarray, species: np.ndarray, n_elements: int,
                         varies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Mean and standard deviation (n_elements, n_max) of the training fingerprints over every
@@ -116,29 +128,29 @@ def fingerprint_moments(comm: SerialComm, G: np.ndarray, species: np.ndarray, n_
     which min-max also maps to 0).  Two passes (mean, then squared deviations): E[G²] − E[G]²
     would cancel for functions whose spread is small beside their mean."""
     sums = np.zeros((n_elements, G.shape[1] + 1))
-    for e in range(n_elements):
-        sel = species == e
-        sums[e, 0] = sel.sum()
-        sums[e, 1:] = G[sel].sum(axis=0)
+    for e, rows in _element_rows(G, species, n_elements):
+        sums[e, 0] += len(rows)
+        sums[e, 1:] += rows.sum(axis=0)
     comm.allreduce_sum(sums)
     count = np.maximum(sums[:, :1], 1.0)
     mean = sums[:, 1:] / count
     sq = np.zeros_like(mean)
-    for e in range(n_elements):
-        d = G[species == e]  # a copy, squared in place
+    for e, d in _element_rows(G, species, n_elements):  # copies, squared in place
         d -= mean[e]
         d *= d
-        sq[e] = d.sum(axis=0)
+        sq[e] += d.sum(axis=0)
     comm.allreduce_sum(sq)
     std = np.where(varies, np.sqrt(sq / count), 0.0)
     return mean, std
 
 
-def memory_forecast(counts: np.ndarray, n_atoms: int, sf: SymmetryFunctions, with_forces: bool, itemsize: int) -> float:
+def memory_forecast(counts: np.ndarray, n_atoms: int, sf: SymmetryFunctions, with_forces: bool, itemsize: int,
+                    net_itemsize: int = 8) -> float:  # fmt: skip
     """Bytes a shard will hold for fingerprints, derivatives and evaluation buffers;
-    ``counts`` from :func:`hpcpot.potential.fingerprints.pair_kind_counts`."""
+    ``counts`` from :func:`hpcpot.potential.fingerprints.pair_kind_counts`; ``net_itemsize``:
+    4 for float32 network passes (inputs, activations, input gradients)."""
     nm = sf.n_max
-    b = n_atoms * nm * 8 * 3  # G, scaled X, network temporaries
+    b = n_atoms * nm * (8 + 2 * net_itemsize)  # G (float64 while scaling), scaled X, network temporaries
     if with_forces:
         pairs = float(counts.sum())
         values = float(derivative_value_count(counts, sf))
@@ -146,7 +158,7 @@ def memory_forecast(counts: np.ndarray, n_atoms: int, sf: SymmetryFunctions, wit
             values *= min(1.0, 200_000 / max(pairs, 1.0))
             pairs = min(pairs, 200_000)
             itemsize = 8
-        b += values * itemsize + pairs * 17 + n_atoms * nm * 8 + n_atoms * 3 * 8 * 2  # values, indices, g (= v), F
+        b += values * itemsize + pairs * 17 + n_atoms * nm * net_itemsize + n_atoms * 3 * 8 * 2  # values, indices, g (= v), F
     return float(b)
 
 
@@ -341,8 +353,9 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     held = resident_bytes()
     c_t = c_t if need_forces else zero_counts
     c_v = pair_kind_counts(st_v, fp.cutoff) if need_forces else zero_counts
-    need = (held + memory_forecast(c_t, len(st_t.species), sf, need_forces, itemsize)
-            + memory_forecast(c_v, len(st_v.species), sf, need_forces, itemsize)
+    net = np.dtype(network_precision(cfg)).itemsize
+    need = (held + memory_forecast(c_t, len(st_t.species), sf, need_forces, itemsize, net)
+            + memory_forecast(c_v, len(st_v.species), sf, need_forces, itemsize, net)
             + fingerprint_transient(c_t, len(st_t.species), sf, need_forces, itemsize))  # fmt: skip
     lm = 0.0
     if cfg.optimizer.method == "lm":
@@ -395,11 +408,9 @@ def build(comm: SerialComm, cfg: Config, log) -> Setup:
     ne, nm = len(els), sf.n_max
     gmin = np.full((ne, nm), np.inf)
     gmax = np.full((ne, nm), -np.inf)
-    for e in range(ne):
-        sel = st_t.species == e
-        if sel.any():
-            gmin[e] = G_t[sel].min(axis=0)
-            gmax[e] = G_t[sel].max(axis=0)
+    for e, rows in _element_rows(G_t, st_t.species, ne):
+        np.minimum(gmin[e], rows.min(axis=0), out=gmin[e])
+        np.maximum(gmax[e], rows.max(axis=0), out=gmax[e])
     comm.allreduce_min(gmin)
     comm.allreduce_max(gmax)
     missing = [els[e] for e in range(ne) if not np.isfinite(gmin[e, 0])]
