@@ -168,6 +168,8 @@ def test_float32_passes_fall_back_to_float64_on_every_rank(tmp_path, mode):
     assert len(hist) > stall  # went on after the switch
     status = json.loads((cfg.parent / "out" / "status.json").read_text())
     assert status["stats"]["train"]["energy_rmse"] < 1e-9  # eV/atom; at the stall ~3e-8
+    assert status["stats"]["network_passes"] == "float32" and status["stats"]["float64_passes_from_iteration"] == stall
+    assert "network passes in float32" in r.stdout
 
 
 def test_optimiser_copies_that_disagree_stop_together(tmp_path):

@@ -551,6 +551,7 @@ def _float64_fallback(cfg: Config, ev: Evaluator, broadcast: bool, log):
     def on_stall(it: int, message: str) -> bool:
         if not ev.use_float64(broadcast):
             return False
+        ev.float64_from = it  # for status.json
         log(f"iteration {it}: the optimiser stopped with float32 network passes ({message}); "
             "float64 passes from here on (the optimiser's memory starts afresh)")  # fmt: skip
         return True
@@ -687,8 +688,10 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
                 path = save("optimize", it, p, *with_best())
                 raise Interrupted(f"a signal reached {ev.agreed_stop} rank(s): checkpoint written to {path}")
 
+        passes = network_precision(cfg)
         log(f"optimizer: {cfg.optimizer.method}, up to {cfg.optimizer.max_iterations} iterations, "
-            f"{setup.layout.n_params} parameters")  # fmt: skip
+            f"{setup.layout.n_params} parameters; network passes in {passes}"
+            + (" (float64 if the optimiser stalls on their rounding)" if passes == "float32" else ""))  # fmt: skip
         t_opt, tm0 = time.perf_counter(), dict(ev.timing)
         if replicated:
             ev.join(x, {"iteration": it0, "with_forces": with_forces, "validate": setup.valid is not None})
@@ -753,7 +756,8 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             f"and {t['extra_allreduce'] / t['extra_n']:.3f} s Allreduce each (rank 0)")  # fmt: skip
     _write_status(out, "converged" if res.converged else "not_converged", summary,
                   {"train": vars(s), "validation": vars(vs) if vs else None, "last_iteration": res.iterations,
-                   "best_validation": best_note})  # fmt: skip
+                   "best_validation": best_note, "network_passes": network_precision(cfg),
+                   "float64_passes_from_iteration": getattr(ev, "float64_from", None)})  # fmt: skip
     logw.close()
     return 0
 
