@@ -238,7 +238,7 @@ def worker(args) -> int:
             _collectives(comm, ev)
             _replicated(comm, ev, setup.x0, args.repeats)
         return 0
-    out: dict = {"ranks": comm.size, "startup_s": startup, "rss_mib": rss}
+    out: dict = {"ranks": comm.size, "startup_s": startup, "rss_mib": rss, "passes": str(setup.train.dtype)}
     if not args.startup_only:
         p = setup.x0
         ev.evaluate(p)
@@ -449,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"start-up at {n} rank(s) (interpreter + imports + kernels + data + fingerprints): {d['startup_s']:.1f} s"
                 + (" (oversubscribed)" if n > (os.cpu_count() or 1) else ""))  # fmt: skip
         else:
-            log(f"{n} rank(s): loss+gradient {1000 * d['eval_s']:.1f} ms (compute per rank "
+            log(f"{n} rank(s), a training's defaults ({d.get('passes', '?')} network passes): "
+                f"loss+gradient {1000 * d['eval_s']:.1f} ms (compute per rank "
                 f"{', '.join(f'{1000 * c:.1f}' for c in d['compute_per_rank_s'])} ms; rank 0 waits in "
                 f"Bcast {1e6 * d['bcast_s']:.0f} µs, Allreduce {1e6 * d['allreduce_s']:.0f} µs; bare Bcast+Allreduce "
                 f"{1e6 * d['collectives_s']:.0f} µs; with a copy of the optimiser on every rank: loss+gradient "
