@@ -84,8 +84,8 @@ class LossConfig:
     force_coefficient: float = 0.3  # alpha in Amp's loss (Amp: 0.04); with standardised inputs the best of 0.3-3 on Mo DFT data, equal to 1 on the reference split (README)
     # arithmetic of the training's network passes: "float32" rounds weights, inputs and
     # activations (per-atom energies and the sums over blocks, images and ranks stay
-    # float64; loss within ~1e-7 of
-    # float64's) and falls back to "float64" when the optimiser stalls on the rounding.
+    # float64; loss within ~1e-7 of float64's) and falls back to "float64" when the
+    # optimiser stalls on the rounding.
     # Measured (README): the same test errors per iteration on Mo (3 seeds) and the demo,
     # TiO2 27% less time per evaluation and better held-out errors in the same 10 minutes.
     # The model file and every prediction are float64 either way; method "lm" (its Jacobian

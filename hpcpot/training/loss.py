@@ -96,9 +96,7 @@ class ShardProblem(Batch):
             r0 = self.elem_ptr[e]
             outdot_sum = 0.0
             for b0, b1, ps in blocks:
-                v = self.v[r0 + b0 : r0 + b1, : lay.n_inputs[e]] if do_forces else None
-                if v is not None and dt != v.dtype:
-                    v = v.astype(dt)
+                v = self.v[r0 + b0 : r0 + b1, : lay.n_inputs[e]] if do_forces else None  # in dt already
                 grads, outdot = parameter_gradient(layers, ps, (slope * wE_atom[b0:b1]).astype(dt, copy=False), v, -float(slope))
                 for (gW, gb), (dW, db) in zip(gl, grads, strict=True):
                     gW += dW
