@@ -26,10 +26,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
 from ..errors import DataError
+from .intrinsics import f64_from_bits
 from .neighbors import neighbor_list
 from .structures import MIN_DISTANCE, structure_arrays
 from .symmetry import SymmetryFunctions
@@ -93,16 +93,6 @@ def _cos_sinc(y):
     return c, s
 
 
-@intrinsic
-def _f64_from_bits(typingctx, bits):
-    """The float64 whose IEEE-754 bit pattern is the int64 ``bits`` (an LLVM bitcast)."""
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-
-    return types.float64(types.int64), codegen
-
-
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238  # ln 2 split so that n * _LN2_HI is exact for |n| < 2^11
 _LN2_LO = 1.9082149292705877e-10
@@ -132,7 +122,7 @@ def _exp(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    return p * _f64_from_bits((np.int64(n) + 1023) << 52)
+    return p * f64_from_bits((np.int64(n) + 1023) << 52)
 
 
 @njit(cache=True, fastmath=True, inline="always")
