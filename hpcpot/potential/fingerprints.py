@@ -299,6 +299,15 @@ def _fingerprint_kernel(
     blk = np.zeros(n_el + 1, np.int64)
     fill = np.zeros(n_el, np.int64)
     DN = np.zeros((nbp, 3, m4))  # ∂G4_k/∂D_b
+    # one row's triplet partners s, compacted (see the G4 loop): sel[t] = b or -1 (padding)
+    sel = np.empty(nbp, np.int64)
+    cblk = np.zeros(n_el + 1, np.int64)
+    Xc = np.empty(nbp)
+    Yc = np.empty(nbp)
+    Zc = np.empty(nbp)
+    Rc = np.empty(nbp)
+    IRc = np.empty(nbp)
+    FCc = np.empty(nbp)
     # one row of triplets (q, every s): see the G4 loop
     nu = eta_u.shape[1]
     fcs_r = np.empty(nbp)
@@ -407,37 +416,75 @@ def _fingerprint_kernel(
                         continue
                     xq, yq, zq = X[q], Y[q], Z[q]
                     rq, irq, fq, dfq = R[q], IR[q], FC[q], DFCR[q]
-                    for s in range(nb):
-                        jx = X[s] - xq
-                        jy = Y[s] - yq
-                        jz = Z[s] - zq
+                    # Only about half of the (q, s) in a row form a triplet (R_qs < Rc): keep
+                    # those, per element block, in compacted copies padded to a multiple of 8
+                    # (padding far away, fc = 0, as above), and run the costly loops below over
+                    # them.  Branch-free: every s is written, the count advances when it is in.
+                    # Auto sets, with derivatives: reference 1.59 -> 1.42 s (1000 images), TiO2
+                    # 1.16 -> 0.95 s (300), Mo 0.33 -> 0.26 s (60); values alone unchanged (the
+                    # compaction costs what it saves there); same values to rounding (~1e-15).
+                    m = 0
+                    for ek in range(n_el):
+                        cblk[ek] = m
+                        for s in range(blk[ek], blk[ek + 1]):
+                            jx = X[s] - xq
+                            jy = Y[s] - yq
+                            jz = Z[s] - zq
+                            rjk2 = jx * jx + jy * jy + jz * jz
+                            sel[m] = s
+                            m += 1 if (rjk2 < rc2) & (rjk2 > 0.0) & (FC[s] > 0.0) else 0
+                        while m % 8 != 0:
+                            sel[m] = -1
+                            m += 1
+                    cblk[n_el] = m
+                    nbc = m
+                    for t in range(nbc):
+                        s = sel[t]
+                        if s >= 0:
+                            Xc[t] = X[s]
+                            Yc[t] = Y[s]
+                            Zc[t] = Z[s]
+                            Rc[t] = R[s]
+                            IRc[t] = IR[s]
+                            FCc[t] = FC[s]
+                        else:
+                            Xc[t] = far
+                            Yc[t] = 0.0
+                            Zc[t] = 0.0
+                            Rc[t] = far
+                            IRc[t] = 1.0 / far
+                            FCc[t] = 0.0
+                    for s in range(nbc):
+                        jx = Xc[s] - xq
+                        jy = Yc[s] - yq
+                        jz = Zc[s] - zq
                         rjk2 = jx * jx + jy * jy + jz * jz
-                        # 1 or 0 by arithmetic (a branch here stops vectorisation); rjk2 = 0 is s = q
-                        inside = 1.0 if (rjk2 < rc2) & (rjk2 > 0.0) & (FC[s] > 0.0) else 0.0
+                        # 1 or 0 by arithmetic (a branch here stops vectorisation); 0 for padding
+                        inside = 1.0 if (rjk2 < rc2) & (rjk2 > 0.0) & (FCc[s] > 0.0) else 0.0
                         # fc(R_jk) and fc'(R_jk)/R_jk as polynomials in R_jk^2: no sqrt, cos or division
                         cjk, sinc = _cos_sinc(min(pic2 * rjk2, math.pi * math.pi))
                         fcjk = 0.5 * (cjk + 1.0) * inside
-                        x3 = fq * FC[s] * (-0.5 * pic2 * sinc * inside)
-                        fcs_r[s] = fq * FC[s] * fcjk
+                        x3 = fq * FCc[s] * (-0.5 * pic2 * sinc * inside)
+                        fcs_r[s] = fq * FCc[s] * fcjk
                         x3_r[s] = x3
-                        x13_r[s] = FC[s] * fcjk * dfq + x3
-                        iij = irq * IR[s]
-                        cs = (xq * X[s] + yq * Y[s] + zq * Z[s]) * iij
+                        x13_r[s] = FCc[s] * fcjk * dfq + x3
+                        iij = irq * IRc[s]
+                        cs = (xq * Xc[s] + yq * Yc[s] + zq * Zc[s]) * iij
                         cos_r[s] = cs
                         cr1_r[s] = cs * irq * irq
                         iij_r[s] = iij
                         # Σr²/Rc²; a product, not a division: numba checks a division for a zero
                         # divisor, and that branch stops LLVM from vectorising the loop
-                        sq_r[s] = (rq * rq + R[s] * R[s] + rjk2) * inv_rc2
+                        sq_r[s] = (rq * rq + Rc[s] * Rc[s] + rjk2) * inv_rc2
                     for u in range(n_eta[c]):
                         en = -eta_u[c, u]
-                        for s in range(nb):
+                        for s in range(nbc):
                             ex_r[u, s] = _exp(en * sq_r[s])
                     for v in range(n_gz[c]):
-                        _powers(gam_u[c, v], zeta_u[c, v], cos_r, nb, pw1_r, pw_r, v, sq_r)
+                        _powers(gam_u[c, v], zeta_u[c, v], cos_r, nbc, pw1_r, pw_r, v, sq_r)
                     for ek in range(n_el):
-                        b0 = np.uint64(blk[ek])  # unsigned: no negative-index wrap, so plain vector loads
-                        b1 = np.uint64(blk[ek + 1])
+                        b0 = np.uint64(cblk[ek])  # unsigned: no negative-index wrap, so plain vector loads
+                        b1 = np.uint64(cblk[ek + 1])
                         pidx = min(ej, ek) * n_el + max(ej, ek)
                         for kk in range(g4_nlist[c, pidx]):
                             k = g4_list[c, pidx, kk]
@@ -469,9 +516,9 @@ def _fingerprint_kernel(
                                 P = 2.0 * ta + tb * x13_r[s] - dpow * cr1_r[s]
                                 Q = dpow * iij_r[s] - ta - tb * x3_r[s]
                                 aP += P
-                                aQx += Q * X[s]
-                                aQy += Q * Y[s]
-                                aQz += Q * Z[s]
+                                aQx += Q * Xc[s]
+                                aQy += Q * Yc[s]
+                                aQz += Q * Zc[s]
                             DN[q, 0, k] += aP * xq + aQx
                             DN[q, 1, k] += aP * yq + aQy
                             DN[q, 2, k] += aP * zq + aQz
