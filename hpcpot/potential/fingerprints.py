@@ -395,9 +395,10 @@ def _fingerprint_kernel(
                 FC[b] = 0.0
                 DFCR[b] = 0.0
                 orig[b] = -1
-                for x in range(3):
-                    for k in range(ng4c):
-                        DN[b, x, k] = 0.0
+                if with_derivs:
+                    for x in range(3):
+                        for k in range(ng4c):
+                            DN[b, x, k] = 0.0
             for q in range(nn):
                 e = species[nbr_j[a + q]]
                 b = fill[e]
