@@ -252,8 +252,8 @@ def _fingerprint_kernel(
 
     nbr_* is a full neighbour list sorted by centre (j are chunk atom indices, D = r_j + S - r_i).
 
-    G4 is computed by rows: for each neighbour q of centre i, all neighbours s at once, with the
-    neighbours grouped by element in blocks padded to a multiple of 8 (padding: far away, fc = 0).
+    G4 is computed by rows: for each neighbour q of centre i, all neighbours s within Rc of q at
+    once, grouped by element in blocks padded to a multiple of 8 (padding: far away, fc = 0).
     Every triplet {q, s} appears in row q and in row s (G takes half of each), and row q
     accumulates only ∂/∂D_q.  So the inner loops are reductions over a contiguous block of s,
     with no stores, which LLVM vectorises without alias checks; a loop over each triplet's
