@@ -290,6 +290,25 @@ def test_isolated_atom_and_cutoff_edge():
     assert np.all(G[:, 8:] == 0.0)  # one neighbour: no angle
 
 
+def test_g4_needs_the_third_side_inside_the_cutoff():
+    """A triplet counts only when all three distances are below Rc: the kernel keeps just the
+    neighbour pairs (q, s) within Rc of each other (compacted per element block), so a
+    partner at Rc + 0.05 Å from q must drop out and one at Rc - 0.05 Å must count, as in the
+    reference, for every element pair."""
+    sf, rc, per = _sf_and_lists(Atoms("PtO"), "default")
+    c = sf.elements.index("Pt")
+    for far in (True, False):
+        for third in ("O", "Pt"):
+            d = (rc + (0.05 if far else -0.05)) / math.sqrt(3.0)  # 120° at the centre: |q - s| = √3 d
+            s_pos = [d * math.cos(2 * math.pi / 3), d * math.sin(2 * math.pi / 3), 0.0]
+            a = Atoms("PtO" + third, positions=[[0, 0, 0], [d, 0, 0], s_pos])
+            G = fingerprints(a, sf)
+            R = reference_fingerprints(a, rc, per)
+            np.testing.assert_allclose(G, R, rtol=1e-10, atol=1e-14)
+            g4 = G[0, sf.n_g2[c] : sf.n_functions[c]]
+            assert (np.abs(g4).max() == 0.0) == far
+
+
 # --------------------------------------------------------------------------- 2. derivatives
 
 
