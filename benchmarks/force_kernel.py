@@ -1,10 +1,10 @@
 """Where the force kernel's time goes: nanoseconds per stored derivative pair with the
 derivatives in cache against streamed from memory, and one core's streaming bandwidth.
 
-    python benchmarks/force_kernel.py [--data ../shared/data/o_pt111_emt_3000.traj]
+    python benchmarks/force_kernel.py [--data ../shared/data/o_pt111_emt_3000.traj] [--preset auto|default]
 
-The problem is a training's (auto symmetry-function set, float32 derivatives and network
-passes, α = 0.3).  "In cache": the kernel run over the first K images (a few MiB of
+The problem is a training's (the auto symmetry-function set unless ``--preset`` says
+otherwise, float32 derivatives and network passes, α = 0.3).  "In cache": the kernel run over the first K images (a few MiB of
 derivatives) many times over; "streamed": over all of them once per call.  The two passes
 over an image cost the in-cache figure when the second pass has prefetched the next
 image in time; what exceeds it is waiting on memory.  The bandwidth line (numpy copy of
@@ -28,7 +28,7 @@ from hpcpot.potential.network import Layout, initial_parameters
 from hpcpot.potential.predict import _force_kernel
 from hpcpot.training.config import FingerprintConfig
 from hpcpot.training.data import read_structures
-from hpcpot.training.descriptors import generated_set
+from hpcpot.training.descriptors import generated_set, symmetry_functions
 from hpcpot.training.loss import ShardProblem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +46,14 @@ def _median(fn, repeats: int = 7) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "o_pt111_emt_3000.traj"))
+    ap.add_argument("--preset", default="auto", choices=("auto", "default", "amp"))
     args = ap.parse_args()
     st, _ = read_structures([args.data], need_forces=True)
-    fpc = FingerprintConfig(preset="auto")
-    sf = generated_set(fpc, list(st.elements), shortest_distances(st, fpc.cutoff))
+    fpc = FingerprintConfig(preset=args.preset)
+    if args.preset == "auto":
+        sf = generated_set(fpc, list(st.elements), shortest_distances(st, fpc.cutoff))
+    else:
+        sf = symmetry_functions(fpc, list(st.elements))
     G, b = compute_fingerprints(st, sf, True, np.float32)
     ne = len(st.elements)
     gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
@@ -73,7 +77,8 @@ def main() -> None:
 
     n = pr.n_images
     print(f"{args.data}: {n} images, {len(b.centre)} derivative pairs, {b.nbytes / 2**20:.1f} MiB (float32), "
-          f"{sf.n_functions.tolist()} functions per element")  # fmt: skip
+          f"{sf.n_functions.tolist()} functions per element (preset {args.preset!r}), values per pair and "
+          f"component {sorted(set(pr.sub_len[:, :-1].ravel().tolist()))}")  # fmt: skip
     for k in (20, 100, n):
         pairs = int(b.image_ptr[k] - b.image_ptr[0])
         reps = max(1, n // k)
