@@ -66,14 +66,13 @@ def main() -> None:
         pr._fill_input_gradients(e, layers, slope, blocks)
     b = pr.blocks
     sq, mx = np.empty(pr.n_images), np.empty(pr.n_images)
-    line = 64 // b.values.itemsize
     # v apart from g (a training writes v over g): repeated calls must not feed v back in as
     # g, whose values would then shrink into float32 subnormals, which are slow
     v = np.empty_like(pr.g)
 
     def run(k: int) -> None:  # the first k images
         _force_kernel(b.image_ptr[: k + 1], pr.atom_ptr, b.centre, b.partner, b.kind, b.ptr, b.values, pr.species,
-                      pr.row, pr.sub_idx, pr.sub_len, pr.g, pr.forces, pr.wF, pr.Fhat, v, sq, mx, line)  # fmt: skip
+                      pr.row, pr.sub_idx, pr.sub_len, pr.g, pr.forces, pr.wF, pr.Fhat, v, sq, mx)  # fmt: skip
 
     n = pr.n_images
     print(f"{args.data}: {n} images, {len(b.centre)} derivative pairs, {b.nbytes / 2**20:.1f} MiB (float32), "

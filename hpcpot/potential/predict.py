@@ -61,7 +61,7 @@ PREFETCH_MAX = 1 << 17  # derivative values of one image that _force_kernel pref
 @njit(cache=True, fastmath=True)
 def _force_kernel(
     image_ptr, atom_ptr, centre, partner, kind, ptr, values, species, row,
-    sub_idx, sub_len, g, F_ref, wF, Fhat, v, sq, maxabs, line,
+    sub_idx, sub_len, g, F_ref, wF, Fhat, v, sq, maxabs,
 ):  # fmt: skip
     """Per image, while its derivatives are in cache: F̂ = −Σ dx/dr·g, residual ΔF, and
     v_i = Σ_m dx_i/dr_m · (wF ΔF_m).  sq[j] = Σ ΔF², maxabs[j] = max |ΔF|.
@@ -86,14 +86,14 @@ def _force_kernel(
 
     The first pass over an image's derivatives reads them from DRAM and waits for them;
     the second, from cache, does the arithmetic.  So the second pass asks for the next
-    image's derivatives (a prefetch per ``line`` values, a 64-byte cache line) while it
+    image's derivatives (a prefetch per 64-byte cache line of values) while it
     works, and the next first pass finds them in cache: the kernel 40 -> 33 ms on the
     reference set with the auto set (float32, medians on a 2.1 GHz Xeon, the same bits).
     Images whose derivatives would not stay in L2 until then (> PREFETCH_MAX values) are
     left to the hardware prefetcher.
     """
     nk = sub_len.shape[1]
-    step = np.uint64(line)
+    step = np.uint64(64 // values.itemsize)  # values per cache line: one prefetch each
     # per-pair sums in g's precision: float32 with float32 network passes (values and g are
     # float32 already: twice the lanes and no conversions; the kernel 43 -> 37 ms on the
     # reference set with the auto set, medians on a 2.1 GHz Xeon), float64 otherwise (the
@@ -336,7 +336,7 @@ class Batch:
             _force_kernel(
                 b.image_ptr, self.atom_ptr, b.centre, b.partner, b.kind, b.ptr, b.values,
                 self.species, self.row, self.sub_idx, self.sub_len, self.g, F_ref,
-                wF, self.Fhat, self.v, sq, mx, 64 // b.values.itemsize,
+                wF, self.Fhat, self.v, sq, mx,
             )  # fmt: skip
             return
         lo = 0
@@ -350,7 +350,7 @@ class Batch:
             _force_kernel(
                 b.image_ptr, sub.atom_ptr, b.centre, b.partner, b.kind, b.ptr, b.values,
                 sub.species, self.row[a0:a1], self.sub_idx, self.sub_len, self.g, F_ref[a0:a1],
-                wF[lo:hi], self.Fhat[a0:a1], self.v, sq[lo:hi], mx[lo:hi], 64 // b.values.itemsize,
+                wF[lo:hi], self.Fhat[a0:a1], self.v, sq[lo:hi], mx[lo:hi],
             )  # fmt: skip
             lo = hi
 
