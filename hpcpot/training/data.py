@@ -23,6 +23,7 @@ from ..errors import DataError
 from ..parallel import SerialComm
 from ..potential.structures import Structures, concat_structures, species_indices
 from .hdf5 import hdf5_n_images, is_hdf5, read_hdf5
+from .trajfile import NotUlm, TrajFile
 
 
 def expand_paths(patterns: list[str]) -> list[str]:
@@ -89,6 +90,14 @@ def _read_packed(path: str, index: str, need_forces: bool, tags_key: str,
                  elements: tuple[str, ...] | None = None) -> tuple[Structures, list]:  # fmt: skip
     """Parse and validate a whole file into Structures (and tags), READ_CHUNK images at a time
     (``elements``: the model's, others are an error; None: those present, sorted)."""
+    if path.endswith(".traj") and index == ":":
+        try:
+            with TrajFile(path) as tf:
+                n = len(tf)
+            if n:
+                return _read_traj(path, range(n), need_forces, tags_key, elements)
+        except NotUlm:
+            pass  # ASE reads it (and reports what is wrong with it)
     parts: list[Structures] = []
     tags: list = []
     k = 0
@@ -123,22 +132,47 @@ def _union_elements(parts: list[Structures]) -> tuple[str, ...]:
     return tuple(sorted(set().union(*(p.elements for p in parts))))
 
 
-def check_image(atoms, source: str, need_forces: bool, elements: tuple[str, ...] | None) -> tuple[float, np.ndarray | None]:
-    """Validate one ASE Atoms; returns (energy, forces or None). Raises DataError."""
-    n = len(atoms)
+def check_values(source: str, symbols, positions: np.ndarray, energy, forces, need_forces: bool,
+                 elements: tuple[str, ...] | None, no_energy: str = "energy missing") -> tuple[float, np.ndarray | None]:
+    """Validate one image's arrays (any reader's); returns (energy, forces or None).
+
+    ``energy`` None: missing (``no_energy`` is the message); ``forces`` None: missing, an
+    error only with ``need_forces``.  Raises DataError naming ``source`` and the field."""
+    n = len(symbols)
     if n == 0:
         raise DataError(f"{source}: image has no atoms")
-    pos = atoms.get_positions()
-    if not np.all(np.isfinite(pos)):
+    if not np.all(np.isfinite(positions)):
         raise DataError(f"{source}: positions contain NaN or inf")
     if elements is not None:
-        bad = sorted(set(atoms.get_chemical_symbols()) - set(elements))
+        bad = sorted(set(np.asarray(symbols).tolist()) - set(elements))
         if bad:
             raise DataError(
                 f"{source}: element(s) {', '.join(bad)} not covered by the model (elements: {', '.join(elements)})"
             )
+    if energy is None:
+        raise DataError(f"{source}: {no_energy}")
+    if not np.isfinite(energy):
+        raise DataError(f"{source}: energy is {energy} (must be a finite number in eV)")
+    if not need_forces:
+        return float(energy), None
+    if forces is None:
+        raise DataError(f"{source}: forces missing (needed because force_coefficient > 0)")
+    forces = np.asarray(forces, dtype=float)
+    if forces.shape != (n, 3):
+        raise DataError(f"{source}: forces have shape {forces.shape}, expected ({n}, 3)")
+    if not np.all(np.isfinite(forces)):
+        bad_atom = int(np.argwhere(~np.isfinite(forces))[0, 0])
+        raise DataError(f"{source}: forces contain NaN or inf (atom {bad_atom})")
+    return float(energy), forces
+
+
+def check_image(atoms, source: str, need_forces: bool, elements: tuple[str, ...] | None) -> tuple[float, np.ndarray | None]:
+    """Validate one ASE Atoms; returns (energy, forces or None). Raises DataError."""
+    symbols = atoms.get_chemical_symbols()
+    pos = atoms.get_positions()
     if atoms.calc is None:
-        raise DataError(f"{source}: energy missing (the image has no energy or forces attached)")
+        return check_values(source, symbols, pos, None, None, need_forces, elements,
+                            "energy missing (the image has no energy or forces attached)")  # fmt: skip
     from ase.calculators.singlepoint import SinglePointCalculator
 
     # Stored results are read directly: going through get_potential_energy()/get_forces()
@@ -149,23 +183,15 @@ def check_image(atoms, source: str, need_forces: bool, elements: tuple[str, ...]
     try:
         energy = stored["energy"] if stored is not None and "energy" in stored else atoms.get_potential_energy()
     except Exception:
-        raise DataError(f"{source}: energy missing") from None
-    if energy is None or not np.isfinite(energy):
-        raise DataError(f"{source}: energy is {energy} (must be a finite number in eV)")
+        energy = None
     forces = None
     if need_forces:
         try:
             # apply_constraint=False: FixAtoms would otherwise zero the fixed atoms' forces
-            f = stored["forces"] if stored is not None and "forces" in stored else atoms.get_forces(apply_constraint=False)
-            forces = np.asarray(f, dtype=float)
+            forces = stored["forces"] if stored is not None and "forces" in stored else atoms.get_forces(apply_constraint=False)
         except Exception:
-            raise DataError(f"{source}: forces missing (needed because force_coefficient > 0)") from None
-        if forces.shape != (n, 3):
-            raise DataError(f"{source}: forces have shape {forces.shape}, expected ({n}, 3)")
-        if not np.all(np.isfinite(forces)):
-            bad_atom = int(np.argwhere(~np.isfinite(forces))[0, 0])
-            raise DataError(f"{source}: forces contain NaN or inf (atom {bad_atom})")
-    return float(energy), forces
+            forces = None
+    return check_values(source, symbols, pos, energy, forces, need_forces, elements)
 
 
 def atoms_to_structures(
@@ -175,44 +201,72 @@ def atoms_to_structures(
 
     ``elements``: the model's elements (others are an error); None: those present, sorted.
     """
-    symbols_l, pos_l, cells, pbcs, nat, energies, forces_l, sources = [], [], [], [], [], [], [], []
-    stress_l = []
+    rows = []
     for atoms, src in items:
         e, f = check_image(atoms, src, need_forces, elements)
-        symbols_l.append(np.asarray(atoms.get_chemical_symbols()))
-        pos_l.append(atoms.get_positions())
-        cells.append(atoms.cell.array.copy())
-        pbcs.append(atoms.pbc.copy())
-        nat.append(len(atoms))
-        energies.append(e)
-        if need_forces:
-            forces_l.append(f)
-        sources.append(src)
-        stress_l.append(_stored_stress(atoms))
-    symbols = np.concatenate(symbols_l) if symbols_l else np.zeros(0, "<U2")
+        rows.append((src, np.asarray(atoms.get_chemical_symbols()), atoms.get_positions(), atoms.cell.array,
+                     atoms.pbc, e, f, _stored_stress(atoms)))  # fmt: skip
+    return pack_images(rows, need_forces, elements)
+
+
+def pack_images(rows: list, need_forces: bool, elements: tuple[str, ...] | None = None) -> Structures:
+    """Validated images ``[(source, symbols, positions, cell, pbc, energy, forces, stress (6,)), ...]``
+    as Structures (``elements``: as in :func:`atoms_to_structures`)."""
+    symbols = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, "<U2")
     els = tuple(sorted(set(symbols.tolist()))) if elements is None else tuple(elements)
-    species = species_indices(symbols, els)
-    ptr = np.zeros(len(nat) + 1, np.int64)
-    np.cumsum(nat, out=ptr[1:])
+    ptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum([len(r[1]) for r in rows], out=ptr[1:])
+    stress = [r[7] for r in rows]
     return Structures(
         els,
-        species,
-        np.concatenate(pos_l) if pos_l else np.zeros((0, 3)),
-        np.array(cells, float).reshape(-1, 3, 3),
-        np.array(pbcs, bool).reshape(-1, 3),
+        species_indices(symbols, els),
+        np.concatenate([r[2] for r in rows]) if rows else np.zeros((0, 3)),
+        np.array([r[3] for r in rows], float).reshape(-1, 3, 3),
+        np.array([r[4] for r in rows], bool).reshape(-1, 3),
         ptr,
-        np.array(energies, float),
-        (np.concatenate(forces_l) if forces_l else np.zeros((0, 3))) if need_forces else None,
-        sources,
-        np.array(stress_l) if any(np.isfinite(s).all() for s in stress_l) else None,
+        np.array([r[5] for r in rows], float),
+        (np.concatenate([r[6] for r in rows]) if rows else np.zeros((0, 3))) if need_forces else None,
+        [r[0] for r in rows],
+        np.array(stress) if any(np.isfinite(x).all() for x in stress) else None,
     )
+
+
+def _read_traj(path: str, idx, need_forces: bool, tags_key: str,
+               elements: tuple[str, ...] | None = None) -> tuple[Structures, list]:  # fmt: skip
+    """Images ``idx`` of an ASE trajectory through :mod:`.trajfile` (no ``ase.io``), validated.
+
+    Raises NotUlm for anything that reader does not understand, corrupt files included:
+    the caller then reads through ASE, which reports its own errors as before."""
+    from ase.data import chemical_symbols
+
+    syms = np.array(chemical_symbols)
+    rows, tags = [], []
+    try:
+        with TrajFile(path) as tf:
+            for k in idx:
+                numbers, pos, cell, pbc, energy, forces, stress, info = tf.image(int(k))
+                src = f"{path}: image {k}"
+                why = "energy missing" if forces is not None or stress is not None else \
+                    "energy missing (the image has no energy or forces attached)"  # fmt: skip
+                e, f = check_values(src, syms[numbers], pos, energy, forces, need_forces, elements, why)
+                rows.append((src, syms[numbers], pos, cell, pbc, e, f, voigt_stress(stress)))
+                tags.append(info.get(tags_key) if tags_key else None)
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise NotUlm(f"{type(exc).__name__}: {exc}") from None
+    return pack_images(rows, need_forces, elements), tags
 
 
 def _stored_stress(atoms) -> np.ndarray:
     """The image's reference stress (6,) in eV/Å³, ASE Voigt order, or NaNs when it has none
     (read from the stored results only: never computed)."""
     res = getattr(atoms.calc, "results", None) or {}
-    s = res.get("stress")
+    return voigt_stress(res.get("stress"))
+
+
+def voigt_stress(s) -> np.ndarray:
+    """A stored stress, (6,) or (3, 3), as (6,) in ASE's Voigt order; NaNs for None or another shape."""
     if s is None:
         return np.full(6, np.nan)
     s = np.asarray(s, float)
@@ -322,13 +376,18 @@ class _Source:
         if self.kind == "hdf5":
             self.n = hdf5_n_images(path)
         elif self.kind == "traj":
-            from ase.io.trajectory import Trajectory
-
             try:
-                with Trajectory(path) as tr:
-                    self.n = len(tr)
-            except Exception as exc:
-                raise DataError(f"{path}: ASE cannot read it: {type(exc).__name__}: {exc}") from None
+                with TrajFile(path) as tf:
+                    self.n = len(tf)
+            except (NotUlm, OSError, ValueError):
+                self.kind = "traj-ase"
+                from ase.io.trajectory import Trajectory
+
+                try:
+                    with Trajectory(path) as tr:
+                        self.n = len(tr)
+                except Exception as exc:
+                    raise DataError(f"{path}: ASE cannot read it: {type(exc).__name__}: {exc}") from None
             if self.n == 0:
                 raise DataError(f"{path}: the file is empty (no images)")
         else:
@@ -342,6 +401,11 @@ class _Source:
             if need_forces and self._st.forces is None:
                 raise DataError(f"{self.path}: forces missing (needed because force_coefficient > 0)")
             return self._st.subset(np.asarray(idx, np.int64)), [self._tags[int(k)] for k in idx]
+        if self.kind == "traj":
+            try:
+                return _read_traj(self.path, idx, need_forces, tags_key)
+            except NotUlm:
+                self.kind = "traj-ase"
         from ase.io.trajectory import Trajectory
 
         parts, tags = [], []
