@@ -46,6 +46,7 @@ from ..potential.network import Layout, initial_parameters
 from ..potential.structures import Structures, concat_structures, structure_arrays
 from ..potential.symmetry import SymmetryFunctions
 from . import checkpoint as ckpt
+from .compiler_pages import release_compiler_pages
 from .config import Config, FingerprintConfig
 from .data import ImageSet
 from .descriptors import describe, generated_set, symmetry_functions
@@ -267,7 +268,10 @@ def warm_up_kernels(comm: SerialComm, log, precision: str = "float64") -> None:
     if comm.rank != 0:
         _exercise_kernels(precision)
     comm.barrier()
-    log(f"kernels ready in {time.perf_counter() - t0:.1f} s (numba compile or cache load)")
+    # every kernel a training runs is loaded now: LLVM's code is not needed again
+    dropped = release_compiler_pages()
+    log(f"kernels ready in {time.perf_counter() - t0:.1f} s (numba compile or cache load; "
+        f"{dropped / 2**20:.0f} MiB of LLVM's code pages released on rank 0)")  # fmt: skip
 
 
 def _filtered(comm: SerialComm, cfg: Config, images: ImageSet, vimages: ImageSet | None, need_forces: bool, log):
