@@ -43,14 +43,13 @@ def _median(fn, repeats: int = 7) -> float:
     return statistics.median(ts)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "o_pt111_emt_3000.traj"))
-    ap.add_argument("--preset", default="auto", choices=("auto", "default", "amp"))
-    args = ap.parse_args()
-    st, _ = read_structures([args.data], need_forces=True)
-    fpc = FingerprintConfig(preset=args.preset)
-    if args.preset == "auto":
+def kernel_problem(data: str, preset: str) -> tuple[ShardProblem, object]:
+    """A training's shard problem on ``data`` (float32 derivatives and passes, α = 0.3,
+    2 x 20 tanh) with the input gradients an evaluation leaves for the force kernel; and the
+    symmetry functions."""
+    st, _ = read_structures([data], need_forces=True)
+    fpc = FingerprintConfig(preset=preset)
+    if preset == "auto":
         sf = generated_set(fpc, list(st.elements), shortest_distances(st, fpc.cutoff))
     else:
         sf = symmetry_functions(fpc, list(st.elements))
@@ -64,6 +63,15 @@ def main() -> None:
     for e in range(ne):  # input gradients, as an evaluation leaves them for the kernel
         layers, slope, _, blocks, _ = pr._forward(p, e, True)
         pr._fill_input_gradients(e, layers, slope, blocks)
+    return pr, sf
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "o_pt111_emt_3000.traj"))
+    ap.add_argument("--preset", default="auto", choices=("auto", "default", "amp"))
+    args = ap.parse_args()
+    pr, sf = kernel_problem(args.data, args.preset)
     b = pr.blocks
     sq, mx = np.empty(pr.n_images), np.empty(pr.n_images)
     # v apart from g (a training writes v over g): repeated calls must not feed v back in as

@@ -33,6 +33,7 @@ import hpcpot._process  # noqa: F401  (before numpy: one BLAS thread, heap thres
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -42,14 +43,11 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from hpcpot.potential.fingerprints import compute_fingerprints, shortest_distances
 from hpcpot.potential.intrinsics import prefetch
-from hpcpot.potential.network import Layout, initial_parameters
 from hpcpot.potential.predict import _force_kernel
-from hpcpot.training.config import FingerprintConfig
-from hpcpot.training.data import read_structures
-from hpcpot.training.descriptors import generated_set, symmetry_functions
-from hpcpot.training.loss import ShardProblem
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from force_kernel import _median, kernel_problem  # noqa: E402  (the same problem and timing as that benchmark)
 
 ROOT = Path(__file__).resolve().parents[1]
 W = 8  # lanes: centres side by side (8 float32 = one 256-bit vector)
@@ -263,37 +261,13 @@ def lane_kernel(batch_ptr, bat_grp, g_cen, g_el, grp_blk, blk_kind, blk_ptr, blk
     return 0
 
 
-def _median(fn, repeats: int = 7) -> float:
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "o_pt111_emt_3000.traj"))
     ap.add_argument("--preset", default="auto", choices=("auto", "default"))
     ap.add_argument("--images-per-batch", type=int, default=4)
     args = ap.parse_args()
-    st, _ = read_structures([args.data], need_forces=True)
-    fpc = FingerprintConfig(preset=args.preset)
-    if args.preset == "auto":
-        sf = generated_set(fpc, list(st.elements), shortest_distances(st, fpc.cutoff))
-    else:
-        sf = symmetry_functions(fpc, list(st.elements))
-    G, b = compute_fingerprints(st, sf, True, np.float32)
-    ne = len(st.elements)
-    gmin = np.stack([G[st.species == e].min(0) for e in range(ne)])
-    gmax = np.stack([G[st.species == e].max(0) for e in range(ne)])
-    lay = Layout(st.elements, tuple(int(n) for n in sf.n_functions), (20, 20), "tanh")
-    p = initial_parameters(lay, np.ones(ne), np.zeros(ne), 0)
-    pr = ShardProblem(st, G, b, lay, gmin, gmax, sf.block_tables(), 0.3, dtype=np.float32)
-    for e in range(ne):
-        layers, slope, _, blocks, _ = pr._forward(p, e, True)
-        pr._fill_input_gradients(e, layers, slope, blocks)
+    pr, _ = kernel_problem(args.data, args.preset)
     b = pr.blocks
     t0 = time.perf_counter()
     lb = build_blocked(b, pr.species, pr.sub_len, pr.atom_ptr, args.images_per_batch)
