@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import DataError
 from ..parallel import SerialComm
 from ..potential.structures import Structures, concat_structures, species_indices
+from .extxyzfile import NotPlainExtxyz, read_frames
 from .hdf5 import hdf5_n_images, is_hdf5, read_hdf5
 from .trajfile import NotUlm, TrajFile
 
@@ -98,6 +99,11 @@ def _read_packed(path: str, index: str, need_forces: bool, tags_key: str,
                 return _read_traj(path, range(n), need_forces, tags_key, elements)
         except NotUlm:
             pass  # ASE reads it (and reports what is wrong with it)
+    if index == ":" and _plain_name(path).endswith((".xyz", ".extxyz")):
+        try:
+            return _read_xyz(path, need_forces, tags_key, elements)
+        except NotPlainExtxyz:
+            pass  # ASE reads it (and reports what is wrong with it)
     parts: list[Structures] = []
     tags: list = []
     k = 0
@@ -126,6 +132,44 @@ def _read_packed(path: str, index: str, need_forces: bool, tags_key: str,
     if not parts:
         raise DataError(f"{path}: the file is empty (no images)")
     return concat_structures(parts, elements or _union_elements(parts)), tags
+
+
+def _plain_name(path: str) -> str:
+    """The file name without a compression extension."""
+    base, ext = os.path.splitext(path)
+    return base if ext in _OPENERS else path
+
+
+def _read_xyz(path: str, need_forces: bool, tags_key: str,
+              elements: tuple[str, ...] | None = None) -> tuple[Structures, list]:  # fmt: skip
+    """A whole extended XYZ file through :mod:`.extxyzfile` (no ``ase.io``), validated.
+
+    Raises NotPlainExtxyz for anything that reader leaves to ASE, unreadable files included."""
+    import importlib
+
+    from ase.data import chemical_symbols
+
+    known = set(chemical_symbols[1:])
+    ext = os.path.splitext(path)[1]
+    rows, tags = [], []
+    try:
+        opener = importlib.import_module(_OPENERS[ext]).open if ext in _OPENERS else open
+        with opener(path, "rt") as fh:
+            for k, (species, pos, cell, pbc, energy, forces, tag) in enumerate(read_frames(fh, tags_key)):
+                if not set(species.tolist()) <= known:
+                    raise NotPlainExtxyz("unknown element symbol")
+                src = f"{path}: image {k}"
+                why = "energy missing" if forces is not None else "energy missing (the image has no energy or forces attached)"
+                e, f = check_values(src, species, pos, energy, forces, need_forces, elements, why)
+                rows.append((src, species, pos, cell, pbc, e, f, np.full(6, np.nan)))
+                tags.append(tag)
+    except DataError:
+        raise
+    except (OSError, ValueError, IndexError, EOFError, UnicodeDecodeError) as exc:
+        raise NotPlainExtxyz(f"{type(exc).__name__}: {exc}") from None
+    if not rows:
+        raise NotPlainExtxyz("no images")
+    return pack_images(rows, need_forces, elements), tags
 
 
 def _union_elements(parts: list[Structures]) -> tuple[str, ...]:
