@@ -46,13 +46,20 @@ def expand_paths(patterns: list[str]) -> list[str]:
 _OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
 
 
+def _open_text(path: str):
+    """``path`` opened as text, decompressed on the fly when its extension names a compression."""
+    import importlib
+
+    ext = os.path.splitext(path)[1]
+    return importlib.import_module(_OPENERS[ext]).open(path, "rt") if ext in _OPENERS else open(path)  # noqa: SIM115
+
+
 def _decompressed_text(path: str):
     """A compressed (extended) XYZ file as an in-memory text stream, else None.
 
     ASE seeks back into a compressed file frame by frame, which re-decompresses from the
     start each time: reading the 7815-image TiO2 set took 452 s that way and 11 s from
     memory (the text is about as large as the Atoms objects it becomes)."""
-    import importlib
     import io
 
     ext = os.path.splitext(path)[1]
@@ -65,7 +72,7 @@ def _decompressed_text(path: str):
             return None
     except Exception:
         return None  # let ASE report what it cannot read
-    with importlib.import_module(_OPENERS[ext]).open(path, "rt") as fh:
+    with _open_text(path) as fh:
         return io.StringIO(fh.read())
 
 
@@ -93,10 +100,7 @@ def _read_packed(path: str, index: str, need_forces: bool, tags_key: str,
     (``elements``: the model's, others are an error; None: those present, sorted)."""
     if path.endswith(".traj") and index == ":":
         try:
-            with TrajFile(path) as tf:
-                n = len(tf)
-            if n:
-                return _read_traj(path, range(n), need_forces, tags_key, elements)
+            return _read_traj(path, None, need_forces, tags_key, elements)
         except NotUlm:
             pass  # ASE reads it (and reports what is wrong with it)
     if index == ":" and _plain_name(path).endswith((".xyz", ".extxyz")):
@@ -144,32 +148,28 @@ def _read_xyz(path: str, need_forces: bool, tags_key: str,
               elements: tuple[str, ...] | None = None) -> tuple[Structures, list]:  # fmt: skip
     """A whole extended XYZ file through :mod:`.extxyzfile` (no ``ase.io``), validated.
 
-    Raises NotPlainExtxyz for anything that reader leaves to ASE, unreadable files included."""
-    import importlib
-
+    Raises NotPlainExtxyz for anything that reader leaves to ASE, unreadable or empty files
+    included (ASE then reports them as before)."""
     from ase.data import chemical_symbols
 
     known = set(chemical_symbols[1:])
-    ext = os.path.splitext(path)[1]
-    rows, tags = [], []
+
+    def frames(fh):
+        for k, (species, pos, cell, pbc, energy, forces, tag) in enumerate(read_frames(fh, tags_key)):
+            if not set(species.tolist()) <= known:
+                raise NotPlainExtxyz("unknown element symbol")
+            yield k, species, pos, cell, pbc, energy, forces, None, tag
+
     try:
-        opener = importlib.import_module(_OPENERS[ext]).open if ext in _OPENERS else open
-        with opener(path, "rt") as fh:
-            for k, (species, pos, cell, pbc, energy, forces, tag) in enumerate(read_frames(fh, tags_key)):
-                if not set(species.tolist()) <= known:
-                    raise NotPlainExtxyz("unknown element symbol")
-                src = f"{path}: image {k}"
-                why = "energy missing" if forces is not None else "energy missing (the image has no energy or forces attached)"
-                e, f = check_values(src, species, pos, energy, forces, need_forces, elements, why)
-                rows.append((src, species, pos, cell, pbc, e, f, np.full(6, np.nan)))
-                tags.append(tag)
+        with _open_text(path) as fh:
+            st, tags = _validated(path, frames(fh), need_forces, elements)
     except DataError:
         raise
     except (OSError, ValueError, IndexError, EOFError, UnicodeDecodeError) as exc:
         raise NotPlainExtxyz(f"{type(exc).__name__}: {exc}") from None
-    if not rows:
+    if st.n_images == 0:
         raise NotPlainExtxyz("no images")
-    return pack_images(rows, need_forces, elements), tags
+    return st, tags
 
 
 def _union_elements(parts: list[Structures]) -> tuple[str, ...]:
@@ -275,31 +275,47 @@ def pack_images(rows: list, need_forces: bool, elements: tuple[str, ...] | None 
     )
 
 
+def _validated(path: str, frames, need_forces: bool, elements: tuple[str, ...] | None) -> tuple[Structures, list]:
+    """(Structures, tags) of the images that hpcpot's own readers yield for ``path``, as
+    ``(index, symbols, positions, cell, pbc, energy, forces, stress, tag)`` (None: not stored),
+    validated as :func:`check_image` validates ASE's."""
+    rows, tags = [], []
+    for k, symbols, pos, cell, pbc, energy, forces, stress, tag in frames:
+        src = f"{path}: image {k}"
+        # nothing stored at all: ASE's image would have no calculator, and check_image says so
+        why = "energy missing" if forces is not None or stress is not None else \
+            "energy missing (the image has no energy or forces attached)"  # fmt: skip
+        e, f = check_values(src, symbols, pos, energy, forces, need_forces, elements, why)
+        rows.append((src, symbols, pos, cell, pbc, e, f, voigt_stress(stress)))
+        tags.append(tag)
+    return pack_images(rows, need_forces, elements), tags
+
+
 def _read_traj(path: str, idx, need_forces: bool, tags_key: str,
                elements: tuple[str, ...] | None = None) -> tuple[Structures, list]:  # fmt: skip
-    """Images ``idx`` of an ASE trajectory through :mod:`.trajfile` (no ``ase.io``), validated.
+    """Images ``idx`` (None: all, of which there must be some) of an ASE trajectory through
+    :mod:`.trajfile` (no ``ase.io``), validated.
 
     Raises NotUlm for anything that reader does not understand, corrupt files included:
     the caller then reads through ASE, which reports its own errors as before."""
     from ase.data import chemical_symbols
 
     syms = np.array(chemical_symbols)
-    rows, tags = [], []
+
+    def frames(tf):
+        for k in range(len(tf)) if idx is None else idx:
+            numbers, pos, cell, pbc, energy, forces, stress, info = tf.image(int(k))
+            yield k, syms[numbers], pos, cell, pbc, energy, forces, stress, (info.get(tags_key) if tags_key else None)
+
     try:
         with TrajFile(path) as tf:
-            for k in idx:
-                numbers, pos, cell, pbc, energy, forces, stress, info = tf.image(int(k))
-                src = f"{path}: image {k}"
-                why = "energy missing" if forces is not None or stress is not None else \
-                    "energy missing (the image has no energy or forces attached)"  # fmt: skip
-                e, f = check_values(src, syms[numbers], pos, energy, forces, need_forces, elements, why)
-                rows.append((src, syms[numbers], pos, cell, pbc, e, f, voigt_stress(stress)))
-                tags.append(info.get(tags_key) if tags_key else None)
+            if idx is None and len(tf) == 0:
+                raise NotUlm("no images")
+            return _validated(path, frames(tf), need_forces, elements)
     except DataError:
         raise
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise NotUlm(f"{type(exc).__name__}: {exc}") from None
-    return pack_images(rows, need_forces, elements), tags
 
 
 def _stored_stress(atoms) -> np.ndarray:

@@ -24,9 +24,10 @@ import numpy as np
 
 # key=value, key="quoted value" or a bare key; no escapes (those go to ASE)
 _TOKEN = re.compile(r'\s*([A-Za-z_][\w.-]*)(?:\s*=\s*(?:"([^"\\]*)"|([^\s"\'{}\\]+)))?')
-_RESULT_KEYS = {"energy"}  # the only per-configuration result this reader takes
+# per-configuration results other than energy (the only one this reader takes)
 _OTHER_RESULTS = {"free_energy", "stress", "virial", "dipole", "magmom", "charges", "magmoms", "forces", "energies",
                   "stresses", "dielectric_tensor", "born_effective_charges", "polarization"}  # fmt: skip
+_BOOLS = {"T": True, "True": True, "true": True, "F": False, "False": False, "false": False}
 
 
 class NotPlainExtxyz(Exception):
@@ -53,10 +54,9 @@ def _fields(line: str) -> dict:
 
 def _bools(text: str) -> np.ndarray:
     words = text.split()
-    table = {"T": True, "True": True, "true": True, "F": False, "False": False, "false": False}
-    if len(words) != 3 or any(w not in table for w in words):
+    if len(words) != 3 or any(w not in _BOOLS for w in words):
         raise NotPlainExtxyz(f"pbc {text!r}")
-    return np.array([table[w] for w in words])
+    return np.array([_BOOLS[w] for w in words])
 
 
 def _scalar(text):
@@ -70,7 +70,7 @@ def _scalar(text):
             return conv(text)
         except ValueError:
             pass
-    return {"T": True, "True": True, "true": True, "F": False, "False": False, "false": False}.get(text, text)
+    return _BOOLS.get(text, text)
 
 
 def read_frames(text, tags_key: str = ""):
