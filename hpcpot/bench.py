@@ -268,9 +268,13 @@ def worker(args) -> int:
 
 
 def _optimizer_times(ev, p) -> dict:
-    """Seconds per evaluation of scipy's L-BFGS-B and hpcpot's L-BFGS (see _optimizer_time)."""
-    return {"optimizer_per_eval_s": _optimizer_time(ev, p, "lbfgsb"),
-            "optimizer_per_eval_s_lbfgs": _optimizer_time(ev, p, "lbfgs")}  # fmt: skip
+    """Seconds per evaluation of scipy's L-BFGS-B and hpcpot's L-BFGS (see _optimizer_time),
+    the latter also with its pairs prefetched as an evaluation's Allreduce does it, and the
+    prefetch's own seconds."""
+    pre_gap, pre = _optimizer_time(ev, p, "lbfgs", prefetch=True)
+    return {"optimizer_per_eval_s": _optimizer_time(ev, p, "lbfgsb")[0],
+            "optimizer_per_eval_s_lbfgs": _optimizer_time(ev, p, "lbfgs")[0],
+            "optimizer_per_eval_s_lbfgs_prefetched": pre_gap, "lbfgs_prefetch_s": pre}  # fmt: skip
 
 
 def _optimizer_at_shard_sizes(args, ranks=(16, 64, 256)) -> dict:
@@ -294,25 +298,33 @@ def _optimizer_at_shard_sizes(args, ranks=(16, 64, 256)) -> dict:
     return res
 
 
-def _optimizer_time(ev, p, method: str, history: int = 50, measured: int = 30) -> float:
+def _optimizer_time(ev, p, method: str, history: int = 50, measured: int = 30, prefetch: bool = False) -> tuple[float, float]:
     """Seconds per evaluation that the optimiser and its driver (log line, log.jsonl record,
     convergence test) spend between evaluations, as in a training: over ``measured``
     iterations once the history is full, with the real evaluations in between (so the
-    optimiser's state is read from wherever an evaluation has left it)."""
+    optimiser's state is read from wherever an evaluation has left it); and the seconds of
+    the prefetch.  ``prefetch``: hpcpot's L-BFGS prefetches its pairs right after each
+    evaluation (timed apart from the gap), where an evaluation on several ranks runs it
+    while its Allreduce is in flight (:meth:`hpcpot.parallel.Evaluator.set_overlap`)."""
     from .training.config import parse_config
     from .training.optimizers import LogWriter, run_optimizer
 
     cfg = parse_config({"optimizer": {"method": method, "history": history, "max_iterations": history + measured},
                         "convergence": {"energy_rmse": 0.0, "force_rmse": 0.0}})  # fmt: skip
-    gaps: list[tuple[int, float]] = []  # (iteration, seconds since the previous evaluation returned)
-    state = {"t": None, "it": 0}
+    gaps: list[tuple[int, float, float]] = []  # (iteration, seconds since the previous evaluation returned, prefetch)
+    state = {"t": None, "it": 0, "pre": 0.0}
+    chunks: list = [()]
 
     def evaluate(x, want_max=False):
         t = time.perf_counter()
         if state["t"] is not None:
-            gaps.append((state["it"], t - state["t"]))
+            gaps.append((state["it"], t - state["t"], state["pre"]))
         buf = ev.evaluate(x)
+        t1 = time.perf_counter()
+        for c in chunks[-1]:
+            c()
         state["t"] = time.perf_counter()
+        state["pre"] = state["t"] - t1
         return buf
 
     def on_iteration(it, x, elapsed):
@@ -320,10 +332,12 @@ def _optimizer_time(ev, p, method: str, history: int = 50, measured: int = 30) -
 
     with tempfile.TemporaryDirectory() as d:
         log = LogWriter(os.path.join(d, "log.jsonl"), lambda *a, **k: None)
-        run_optimizer(evaluate, p, cfg, True, log, on_iteration=on_iteration)
+        run_optimizer(evaluate, p, cfg, True, log, on_iteration=on_iteration, overlap=chunks.append if prefetch else None)
         log.close()
-    steady = [dt for it, dt in gaps if it >= history]
-    return float(np.mean(steady)) if steady else math.nan
+    steady = [(dt, pre) for it, dt, pre in gaps if it >= history]
+    if not steady:
+        return math.nan, math.nan
+    return float(np.mean([dt for dt, _ in steady])), float(np.mean([pre for _, pre in steady]))
 
 
 def _replicated(comm, ev, p, repeats: int) -> tuple[float, float]:
@@ -335,7 +349,7 @@ def _replicated(comm, ev, p, repeats: int) -> tuple[float, float]:
     comm.barrier()
     t = time.perf_counter()
     for _ in range(n):
-        comm.allreduce_sum(ev.rbuf)
+        comm.allreduce_sum(ev.rbuf, ())  # nonblocking, as evaluations reduce
     return med, (time.perf_counter() - t) / n
 
 
@@ -346,8 +360,15 @@ def _collectives(comm, ev, n: int = 300) -> float:
     t = time.perf_counter()
     for _ in range(n):
         comm.Bcast(ev.cmd)
-        comm.allreduce_sum(ev.buf)
+        comm.allreduce_sum(ev.buf, ())
     return (time.perf_counter() - t) / n
+
+
+def _step_cost(compute: float, P: int, opt: float, prefetch: float, stage: float, allreduce_stage: float) -> float:
+    """Seconds per evaluation at P ranks: the slowest rank's compute, log2(P) stages of the
+    collectives, the optimiser's step, and whatever of its prefetch the Allreduce's stages
+    do not hide."""
+    return compute + stage * math.log2(P) + opt + max(0.0, prefetch - allreduce_stage * math.log2(P))
 
 
 def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
@@ -361,12 +382,17 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
     here = {"rank0": res2["collectives_s"], "replicated": res2["allreduce_only_s"]} if res2 is not None else None
     ib = {"rank0": 2 * 10e-6, "replicated": 10e-6}
     out = {}
-    for name, key in (("scipy L-BFGS-B", "optimizer_per_eval_s"), ("hpcpot L-BFGS", "optimizer_per_eval_s_lbfgs")):
+    methods = (("scipy L-BFGS-B", "optimizer_per_eval_s"), ("hpcpot L-BFGS, no prefetch", "optimizer_per_eval_s_lbfgs"),
+               ("hpcpot L-BFGS, its pairs prefetched while the Allreduce is in flight (a training's)",
+                "optimizer_per_eval_s_lbfgs_prefetched"))  # fmt: skip
+    for name, key in methods:
         opt1 = res1.get(key)
         if opt1 is None:
             continue
+        prefetched = key.endswith("_prefetched")
         lines = [f"optimiser: {name}, {1e6 * opt1:.0f} µs per evaluation between whole-set evaluations; efficiency "
-                 "with rank 0 driving (Bcast + Allreduce) / with a copy on every rank (Allreduce only)",
+                 "with rank 0 driving (Bcast + Allreduce) / with a copy on every rank (Allreduce only)"
+                 + ("; the prefetch's time beyond the Allreduce's log2(P) stages is added" if prefetched else ""),
                  f"{'ranks':>6} {'set':>6} {'imbalance':>9} {'optimiser':>10} {'measured stage':>21} "
                  f"{'10 µs/collective/stage':>24}"]  # fmt: skip
         for scale in (1, 100):
@@ -377,15 +403,20 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
                 ideal = t1 * scale / P
                 # with a shard of 1/P of the reference set: the time measured between such
                 # shard evaluations; with 100x the set a shard outgrows the caches as on one rank
-                opt = res1.get("optimizer_at_shard", {}).get(str(P), {}).get(key, opt1) if scale == 1 else opt1
-                rec = {"imbalance": imb, "optimizer_s": opt}
+                shard = res1.get("optimizer_at_shard", {}).get(str(P), {}) if scale == 1 else {}
+                opt = shard.get(key, opt1)
+                pre = shard.get("lbfgs_prefetch_s", res1.get("lbfgs_prefetch_s", 0.0)) if prefetched else 0.0
+                rec = {"imbalance": imb, "optimizer_s": opt, "prefetch_s": pre}
+
                 for mode in ("rank0", "replicated"):
                     rec[f"eff_this_machine_{mode}"] = (
-                        ideal / (tp + here[mode] * math.log2(P) + opt) if here is not None else math.nan)  # fmt: skip
-                    rec[f"eff_ib_{mode}"] = ideal / (tp + ib[mode] * math.log2(P) + opt)
+                        ideal / _step_cost(tp, P, opt, pre, here[mode], here["replicated"]) if here is not None
+                        else math.nan)  # fmt: skip
+                    rec[f"eff_ib_{mode}"] = ideal / _step_cost(tp, P, opt, pre, ib[mode], ib["replicated"])
                 out[f"{key}_{scale}x_{P}"] = rec
                 lines.append(
-                    f"{P:6d} {str(scale) + 'x':>6} {imb:9.3f} {1e6 * opt:7.0f} µs "
+                    f"{P:6d} {str(scale) + 'x':>6} {imb:9.3f} {1e6 * opt:7.0f} µs"
+                    + (f" + {1e6 * pre:3.0f} µs prefetch" if prefetched else "") + " "
                     f"{100 * rec['eff_this_machine_rank0']:9.1f}% / {100 * rec['eff_this_machine_replicated']:5.1f}% "
                     f"{100 * rec['eff_ib_rank0']:12.1f}% / {100 * rec['eff_ib_replicated']:5.1f}%")  # fmt: skip
         for line in lines:

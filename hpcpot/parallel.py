@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,10 @@ class SerialComm:
     def Bcast(self, arr: np.ndarray, root: int = 0) -> None:
         pass
 
-    def allreduce_sum(self, arr: np.ndarray) -> np.ndarray:
+    def allreduce_sum(self, arr: np.ndarray, overlap: Sequence[Callable[[], None]] | None = None) -> np.ndarray:
+        """Sum over ranks, in place.  ``overlap``: work to run while the partial sums travel
+        (see :meth:`MPIComm.allreduce_sum`); one process has no wait to hide it behind, so
+        here it is not run."""
         return arr
 
     def allreduce_min(self, arr: np.ndarray) -> np.ndarray:
@@ -91,8 +94,26 @@ class MPIComm(SerialComm):
         self.comm.Allreduce(self._MPI.IN_PLACE, arr, op=op)
         return arr
 
-    def allreduce_sum(self, arr: np.ndarray) -> np.ndarray:
-        return self._allreduce(arr, self._MPI.SUM)
+    def allreduce_sum(self, arr: np.ndarray, overlap: Sequence[Callable[[], None]] | None = None) -> np.ndarray:
+        """Sum over ranks, in place.  With ``overlap`` (a sequence, possibly empty; every rank
+        must pass one or every rank None, as blocking and nonblocking collectives do not
+        match): a nonblocking ``Iallreduce``, and each chunk of work in ``overlap`` runs while
+        it is in flight, the request tested between chunks so that MPI progresses it (MPICH
+        progresses a nonblocking collective only inside MPI calls).  For rank-local work
+        that would otherwise run after the sum arrives: the optimiser's cache warm-up, done
+        in the time a rank waits for the slowest rank and for the reduction's stages."""
+        if overlap is None:
+            return self._allreduce(arr, self._MPI.SUM)
+        if arr.ndim == 0 or not arr.flags.c_contiguous:
+            raise ValueError("allreduce needs a C-contiguous array with ndim >= 1")
+        req = self.comm.Iallreduce(self._MPI.IN_PLACE, arr, op=self._MPI.SUM)
+        done = False
+        for chunk in overlap:
+            chunk()
+            done = done or req.Test()
+        if not done:
+            req.Wait()
+        return arr
 
     def allreduce_min(self, arr: np.ndarray) -> np.ndarray:
         return self._allreduce(arr, self._MPI.MIN)
@@ -294,7 +315,7 @@ def why_not_replicated(comm: SerialComm, n: int) -> str | None:
     if any(i != ids[0] for i in ids):
         return "the ranks differ in CPU model or Python/numpy/scipy build"
     trial = np.random.default_rng(7919 + comm.rank).standard_normal(n)
-    comm.allreduce_sum(trial)
+    comm.allreduce_sum(trial, ())  # nonblocking, as the evaluations reduce
     if not _hashes_agree(comm.allreduce_sum(np.array(_hash_slots(trial, 0.0), float)), comm.size):
         return "this MPI library's Allreduce does not return the same bits on every rank"
     return None
@@ -333,6 +354,10 @@ class Evaluator:
         self.join_meta: dict = {}  # ranks > 0: what rank 0 sent with the last CMD_JOIN
         self.extra_buf = np.zeros(extra.buffer_size) if extra is not None else None
         self.timing = {"bcast": 0.0, "compute": 0.0, "allreduce": 0.0, "n": 0}
+        # this rank's work run while a loss+gradient evaluation's Allreduce is in flight (the
+        # optimiser's cache warm-up; set_overlap); every evaluation reduces nonblocking, so
+        # ranks with and without such work issue matching collectives
+        self.overlap: Sequence[Callable[[], None]] = ()
         # count and compute seconds per kind: a training's mean over all kinds mixes cheap
         # validation passes with full loss+gradient evaluations
         self.by_kind = {"loss+gradient": [0, 0.0], "loss only": [0, 0.0], "validation": [0, 0.0]}
@@ -360,7 +385,7 @@ class Evaluator:
         else:
             out[:] = 0.0
         t2 = time.perf_counter()
-        self.comm.allreduce_sum(out)
+        self.comm.allreduce_sum(out, self.overlap if with_grad else ())
         self._account(base, with_grad, t1, t2, time.perf_counter(), prob, want_max)
         return out
 
@@ -377,6 +402,12 @@ class Evaluator:
             mx = np.array(prob.last_max if prob is not None else (0.0, 0.0))
             self.comm.allreduce_max(mx)
             self.last_max = (float(mx[0]), float(mx[1]))
+
+    def set_overlap(self, chunks: Sequence[Callable[[], None]]) -> None:
+        """Run ``chunks`` (zero-argument callables, in order) while each later loss+gradient
+        evaluation waits in its Allreduce, until replaced (``()``: none).  Rank-local: the
+        caller's optimiser registers the prefetch of its own memory."""
+        self.overlap = tuple(chunks)
 
     def evaluate(self, params: np.ndarray, cmd: float = CMD_GRAD, want_max: bool = False, arg: float = 0.0) -> np.ndarray:
         """Rank 0: the reduced buffer ``[loss, ΣrE², n_img, ΣΔF², n_F, grad...]`` (a view), or
@@ -455,7 +486,7 @@ class Evaluator:
             rb[:n] = 0.0
         rb[n:] = (*_hash_slots(params, cmd), 1.0 if stop else 0.0, elapsed if self.comm.rank == 0 else 0.0)
         t2 = time.perf_counter()
-        self.comm.allreduce_sum(rb)
+        self.comm.allreduce_sum(rb, self.overlap if with_grad else ())
         t3 = time.perf_counter()
         c = rb[n:]
         if not _hashes_agree(c, self.comm.size):

@@ -60,7 +60,7 @@ class _TwoRanks:
     def allgather(self, obj):
         return [obj, self.other_id or obj]
 
-    def allreduce_sum(self, arr):
+    def allreduce_sum(self, arr, overlap=None):
         if arr.size == 4 and self.other_bits:  # the agreement check: [h1, h1², h2, h2²]
             h1, h2 = arr[0] + 1, arr[2]
             arr += np.array([h1, h1 * h1, h2, h2 * h2])

@@ -211,3 +211,35 @@ def test_a_stalled_line_search_switches_to_exact_losses_and_goes_on(method):
     state["dtype"] = np.float32
     res32 = run_optimizer(evaluate, x0, cfg, True, LogWriter(None, None))
     assert res32.iterations == first and not res32.converged
+
+
+def test_the_prefetch_for_the_allreduce_is_registered_covers_the_pairs_and_changes_nothing(monkeypatch):
+    """minimize_lbfgs hands its prefetch to ``overlap`` at the start and withdraws it at the
+    end; the chunks cover the newest pairs, as many as 3/4 of L2 holds, each once; running
+    them before every evaluation leaves the run's bits unchanged."""
+    import hpcpot.training.optimizers.lbfgs as lb
+
+    rng = np.random.default_rng(3)
+    d = rng.uniform(1, 100, 60)
+
+    def fun(x, chunks=()):
+        for c in chunks:
+            c()
+        return 0.5 * float(x @ (d * x)), d * x
+
+    calls = []
+    plain = minimize_lbfgs(fun, np.ones(60), history=5, maxiter=30)
+    res = minimize_lbfgs(lambda x: fun(x, calls[0]), np.ones(60), history=5, maxiter=30, overlap=calls.append)
+    assert len(calls) == 2 and len(calls[0]) == 5 and calls[1] == ()
+    assert np.array_equal(res.x, plain.x) and res.nit == plain.nit == 30
+
+    S = np.zeros((50, 1000), np.float32)
+    ring = np.array([3, 50])
+    seen = []
+    monkeypatch.setattr(lb, "_prefetch_pairs", lambda S_, Y_, r, a, b: seen.append((a, b)))
+    lb._warm_up_chunks(S, S, ring)[0]()  # the sizes come from this machine's L2: any split works
+    monkeypatch.setattr(lb, "_l2_bytes", lambda: 80_000)  # 3/4 of it: 7 pairs of 2 x 4000 bytes
+    seen.clear()
+    for c in lb._warm_up_chunks(S, S, ring, chunks=3):
+        c()
+    assert seen == [(0, 2), (2, 4), (4, 7)]

@@ -576,7 +576,8 @@ def _follow(cfg: Config, ev: Evaluator, flag: SignalFlag) -> None:
     try:
         res = run_optimizer(evaluate, ev.cmd[2:].copy(), cfg, meta["with_forces"], LogWriter(None, None),
                             meta["iteration"], 0.0, validate if meta["validate"] else None, on_iteration, Best(),
-                            clock=clock, on_stall=_float64_fallback(cfg, ev, False, lambda *a: None))  # fmt: skip
+                            clock=clock, on_stall=_float64_fallback(cfg, ev, False, lambda *a: None),
+                            overlap=ev.set_overlap)  # fmt: skip
     except (Interrupted, NonFiniteLoss, ReplicaMismatch):
         return  # met by every copy at once; rank 0 reports it and releases this rank
     ev.everywhere(res.params, CMD_DONE)
@@ -703,7 +704,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             try:
                 res = run_optimizer(r_eval, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
                                     r_valid if setup.valid is not None else None, on_iteration, best, clock=clock,
-                                    on_stall=_float64_fallback(cfg, ev, False, logw_line))  # fmt: skip
+                                    on_stall=_float64_fallback(cfg, ev, False, logw_line), overlap=ev.set_overlap)  # fmt: skip
                 ev.everywhere(res.params, CMD_DONE)
             except (Interrupted, NonFiniteLoss, ReplicaMismatch):
                 ev.joined = False  # met by every copy at the same evaluation: all have left
@@ -713,7 +714,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             res = run_optimizer(evaluate, x, cfg, with_forces, logw, it0, time.perf_counter() - t0,
                                 validate if setup.valid is not None else None, on_iteration, best,
                                 normal_equations, lm_loss, opt_state,
-                                on_stall=_float64_fallback(cfg, ev, True, logw_line))  # fmt: skip
+                                on_stall=_float64_fallback(cfg, ev, True, logw_line), overlap=ev.set_overlap)  # fmt: skip
         t_end_opt = time.perf_counter()
     except Interrupted as exc:
         log(f"stopped: {exc}; resume with --restart")

@@ -5,6 +5,8 @@
     helper.py fail CONFIG              like train, but rank 1 raises in its 3rd evaluation
     helper.py mismatch CONFIG          replicated evaluations in which rank 1 passes other
                                        parameters, then another command: every rank reports
+    helper.py overlap CONFIG           evaluations with work registered to run during their
+                                       Allreduce: every rank reports how often it ran
     helper.py inject SPEC CONFIG [ARGS] python -m hpcpot.train CONFIG ARGS with a fault injected
                                        on every rank (see install_fault)
 """
@@ -13,7 +15,7 @@ import sys
 
 import numpy as np
 
-from hpcpot.parallel import CMD_DONE, Evaluator, ReplicaMismatch, run_guarded, world
+from hpcpot.parallel import CMD_DONE, CMD_LOSS, CMD_VALID, Evaluator, ReplicaMismatch, run_guarded, world
 from hpcpot.training.config import load_config
 from hpcpot.training.loss import N_HEAD
 from hpcpot.training.trainer import build
@@ -122,6 +124,33 @@ def main() -> int:
                 ev.everywhere(setup.x0, CMD_DONE if comm.rank == 0 else 1.0)
             except ReplicaMismatch:
                 print(f"rank {comm.rank}: commands differ", flush=True)
+            return 0
+
+        return run_guarded(comm, run)
+    if mode == "overlap":
+
+        def run():
+            cfg = load_config(cfgpath)
+            setup = build(comm, cfg, lambda *a: None)
+            ev = Evaluator(comm, setup.train, setup.valid, N_HEAD)
+            ran = []
+            p = setup.x0 + 0.01
+            plain = ev.everywhere(p).copy()
+            ev.set_overlap([lambda: ran.append(1), lambda: ran.append(2)])
+            same = np.array_equal(ev.everywhere(p), plain)
+            ev.everywhere(p, CMD_VALID)  # loss-only kinds run nothing
+            print(f"rank {comm.rank}: everywhere ran {ran}, same sums {same}", flush=True)
+            ran.clear()
+            ev.set_overlap(())  # ranks in serve() have no optimiser
+            if comm.rank != 0:
+                ev.serve()
+                return 0
+            plain = ev.evaluate(p).copy()
+            ev.set_overlap([lambda: ran.append(1), lambda: ran.append(2)])
+            same = np.array_equal(ev.evaluate(p), plain)
+            ev.evaluate(p, CMD_LOSS)
+            ev.stop()
+            print(f"rank 0: evaluate ran {ran}, same sums {same}", flush=True)
             return 0
 
         return run_guarded(comm, run)

@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -280,6 +280,7 @@ def run_optimizer(
     opt_state: dict | None = None,
     clock: Callable[[], float] | None = None,
     on_stall: Callable[[int, str], bool] | None = None,
+    overlap: Callable[[Sequence[Callable[[], None]]], None] | None = None,
 ) -> Result:
     """Minimise with the configured method (:func:`.lbfgs.minimize_lbfgs`, scipy, or
     :func:`.lm.run_lm`); ``evaluate(x, want_max)`` returns the
@@ -296,11 +297,13 @@ def run_optimizer(
     ``on_stall(iteration, message)``: called when a gradient method stops early (its line
     search found no lower point, say; ``message`` is its own); True if it changed the
     evaluation (float32 network passes switched to float64) and the method should go on from
-    the last accepted point with a fresh memory.
+    the last accepted point with a fresh memory.  ``overlap(chunks)``: where hpcpot's L-BFGS
+    registers the prefetch of its memory, for the evaluation to run while its Allreduce is
+    in flight (:meth:`hpcpot.parallel.Evaluator.set_overlap`).
     """
     try:
         return _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best,
-                    normal_equations, loss_only, opt_state, clock, on_stall)  # fmt: skip
+                    normal_equations, loss_only, opt_state, clock, on_stall, overlap)  # fmt: skip
     except BaseException:
         with contextlib.suppress(OSError):  # the iterations so far reach the log, as when written one by one
             log.flush()
@@ -308,7 +311,7 @@ def run_optimizer(
 
 
 def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best,
-         normal_equations, loss_only, opt_state, clock, on_stall) -> Result:  # fmt: skip
+         normal_equations, loss_only, opt_state, clock, on_stall, overlap) -> Result:  # fmt: skip
     best = best if best is not None else Best()
     rep = Iterations(cfg, with_forces, log, start_iteration, elapsed0, validate, on_iteration, best, clock)
     rep.x = x0.copy()
@@ -360,7 +363,8 @@ def _run(evaluate, x0, cfg, with_forces, log, start_iteration, elapsed0, validat
         from .lbfgs import minimize_lbfgs
 
         while True:
-            res = minimize_lbfgs(fun, x0, cfg.optimizer.history, cfg.optimizer.max_iterations - rep.it, callback)
+            res = minimize_lbfgs(fun, x0, cfg.optimizer.history, cfg.optimizer.max_iterations - rep.it, callback,
+                                 overlap=overlap)  # fmt: skip
             if not stalled(res.message):
                 return _finish(rep, last, fun, res.x, res.message, best)
             x0 = rep.x
