@@ -97,22 +97,22 @@ class MPIComm(SerialComm):
     def allreduce_sum(self, arr: np.ndarray, overlap: Sequence[Callable[[], None]] | None = None) -> np.ndarray:
         """Sum over ranks, in place.  With ``overlap`` (a sequence, possibly empty; every rank
         must pass one or every rank None, as blocking and nonblocking collectives do not
-        match): a nonblocking ``Iallreduce``, and each chunk of work in ``overlap`` runs while
-        it is in flight, the request tested between chunks so that MPI progresses it (MPICH
-        progresses a nonblocking collective only inside MPI calls).  For rank-local work
-        that would otherwise run after the sum arrives: the optimiser's cache warm-up, done
-        in the time a rank waits for the slowest rank and for the reduction's stages."""
+        match): a nonblocking ``Iallreduce``, and the chunks of work in ``overlap`` run in
+        order while it is in flight, the request tested after each so that MPI progresses it
+        (MPICH progresses a nonblocking collective only inside MPI calls); once the sum has
+        arrived the remaining chunks are skipped, so the work costs at most one chunk beyond
+        the wait.  For rank-local work worth doing only while waiting for the slowest rank
+        and the reduction's stages: the optimiser's cache warm-up, most useful first."""
         if overlap is None:
             return self._allreduce(arr, self._MPI.SUM)
         if arr.ndim == 0 or not arr.flags.c_contiguous:
             raise ValueError("allreduce needs a C-contiguous array with ndim >= 1")
         req = self.comm.Iallreduce(self._MPI.IN_PLACE, arr, op=self._MPI.SUM)
-        done = False
         for chunk in overlap:
             chunk()
-            done = done or req.Test()
-        if not done:
-            req.Wait()
+            if req.Test():
+                return arr
+        req.Wait()
         return arr
 
     def allreduce_min(self, arr: np.ndarray) -> np.ndarray:

@@ -214,9 +214,10 @@ def test_a_stalled_line_search_switches_to_exact_losses_and_goes_on(method):
 
 
 def test_the_prefetch_for_the_allreduce_is_registered_covers_the_pairs_and_changes_nothing(monkeypatch):
-    """minimize_lbfgs hands its prefetch to ``overlap`` at the start and withdraws it at the
-    end; the chunks cover the newest pairs, as many as 3/4 of L2 holds, each once; running
-    them before every evaluation leaves the run's bits unchanged."""
+    """minimize_lbfgs hands its warm-up to ``overlap`` at the start and withdraws it at the
+    end; the chunks prefetch the newest pairs, as many as 3/4 of L2 holds, each once, then
+    call the kernels on a problem of their own; running them before every evaluation leaves
+    the run's bits unchanged."""
     import hpcpot.training.optimizers.lbfgs as lb
 
     rng = np.random.default_rng(3)
@@ -230,7 +231,7 @@ def test_the_prefetch_for_the_allreduce_is_registered_covers_the_pairs_and_chang
     calls = []
     plain = minimize_lbfgs(fun, np.ones(60), history=5, maxiter=30)
     res = minimize_lbfgs(lambda x: fun(x, calls[0]), np.ones(60), history=5, maxiter=30, overlap=calls.append)
-    assert len(calls) == 2 and len(calls[0]) == 5 and calls[1] == ()
+    assert len(calls) == 2 and len(calls[0]) == 5 + 1 and calls[1] == ()
     assert np.array_equal(res.x, plain.x) and res.nit == plain.nit == 30
 
     S = np.zeros((50, 1000), np.float32)

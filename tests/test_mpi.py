@@ -185,14 +185,14 @@ def test_optimiser_copies_that_disagree_stop_together(tmp_path):
 
 def test_work_registered_for_the_allreduce_runs_in_gradient_evaluations_only(tmp_path):
     """The optimiser's prefetch runs inside each loss+gradient evaluation's (nonblocking)
-    Allreduce, once per chunk and in order, on every rank that registered it, and not in
-    loss-only ones; the sums are the bits a reduction without it gives."""
+    Allreduce, its chunks in order (the first always, later ones until the sum has arrived:
+    how many depends on the other rank's speed), on every rank that registered it, and not
+    in loss-only ones; the sums are the bits a reduction without it gives."""
     cfg = _config(tmp_path, "overlap", n_images=12)
     r = run_mpi(2, ["tests/mpi/helper.py", "overlap", str(cfg)], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    for rank in (0, 1):
-        assert f"rank {rank}: everywhere ran [1, 2], same sums True" in r.stdout, r.stdout
-    assert "rank 0: evaluate ran [1, 2], same sums True" in r.stdout, r.stdout
+    for who in ("rank 0: everywhere", "rank 1: everywhere", "rank 0: evaluate"):
+        assert f"{who} ran [1, 2], same sums True" in r.stdout or f"{who} ran [1], same sums True" in r.stdout, r.stdout
 
 
 def test_time_budget_stops_every_copy_at_the_same_iteration(tmp_path):
