@@ -163,6 +163,31 @@ dir = "out"
     assert "fingerprints and derivatives" not in r.stdout  # refused before fingerprinting
 
 
+def test_rank0_time_between_evaluations_leaves_out_the_final_validation(tmp_path):
+    """The summary's "optimiser and driver" figure counts only the optimiser's evaluations:
+    the validation after it (here 360 images, against one iteration on 40) made it
+    negative when it was counted in."""
+    import re
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[data]
+train = ["{need(REF)}"]
+index = ":400"
+validation_fraction = 0.9
+[model]
+hidden = [4]
+[optimizer]
+max_iterations = 1
+[output]
+dir = "out"
+""")
+    r = _run(cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = re.search(r"between evaluations: (-?\d+) µs per evaluation", r.stdout)
+    assert m and int(m.group(1)) >= 0, r.stdout[-2000:]
+
+
 def test_help_runs():
     r = subprocess.run([sys.executable, "-m", "hpcpot.train", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and "--restart" in r.stdout

@@ -715,7 +715,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
                                 validate if setup.valid is not None else None, on_iteration, best,
                                 normal_equations, lm_loss, opt_state,
                                 on_stall=_float64_fallback(cfg, ev, True, logw_line), overlap=ev.set_overlap)  # fmt: skip
-        t_end_opt = time.perf_counter()
+        t_end_opt, tm1 = time.perf_counter(), dict(ev.timing)  # before the final validation below
     except Interrupted as exc:
         log(f"stopped: {exc}; resume with --restart")
         _write_status(out, "interrupted", str(exc))
@@ -750,10 +750,10 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
     kinds = ", ".join(f"{n} {k} at {1000 * sec / n:.1f} ms" for k, (n, sec) in ev.by_kind.items() if n)
     log(f"model written to {path}; wall time {time.perf_counter() - t_run:.1f} s; evaluations "
         f"(rank 0's compute each): {kinds}")  # fmt: skip
-    n_ev = t["n"] - tm0["n"]
+    n_ev = tm1["n"] - tm0["n"]
     if n_ev and not t.get("extra_n"):
         # the serial part of an iteration: what no number of ranks makes faster
-        inside = sum(t[k] - tm0[k] for k in ("bcast", "compute", "allreduce"))
+        inside = sum(tm1[k] - tm0[k] for k in ("bcast", "compute", "allreduce"))
         log(f"optimiser and driver (log, convergence test, checkpoints) between evaluations: "
             f"{1e6 * (t_end_opt - t_opt - inside) / n_ev:.0f} µs per evaluation on rank 0")  # fmt: skip
     if t.get("extra_n"):
