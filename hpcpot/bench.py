@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +295,12 @@ def _optimizer_at_shard_sizes(args, ranks=(16, 64, 256)) -> dict:
             setup = build(SerialComm(), load_config(cfgp), lambda *a: None)
         ev = Evaluator(SerialComm(), setup.train, None, N_HEAD)
         res[str(P)] = _optimizer_times(ev, setup.x0)
-        del setup, ev
+        # the shard's own loss+gradient (what compute_rank0_s is of the whole set): a shard of
+        # a few images costs more than 1/P of the set, by what every evaluation pays whatever
+        # its size (Python and numpy calls per element, layer and block; kernel dispatch)
+        prob, x0, buf = setup.train, setup.x0, np.zeros(setup.train.buffer_size)
+        res[str(P)]["shard_eval_s"] = _median_time(partial(prob.evaluate, x0, True, buf), 41)[0]
+        del setup, ev, prob
     return res
 
 
@@ -382,6 +388,11 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
     here = {"rank0": res2["collectives_s"], "replicated": res2["allreduce_only_s"]} if res2 is not None else None
     ib = {"rank0": 2 * 10e-6, "replicated": 10e-6}
     out = {}
+    for P, shard in res1.get("optimizer_at_shard", {}).items():
+        if "shard_eval_s" in shard:
+            log(f"a {P}-rank shard's loss+gradient, measured: {1e6 * shard['shard_eval_s']:.0f} µs against 1/{P} of the "
+                f"set's {1e6 * t1 / int(P):.0f} µs: a fixed cost of {1e6 * max(0.0, shard['shard_eval_s'] - t1 / int(P)):.0f} µs "
+                "per evaluation")  # fmt: skip
     methods = (("scipy L-BFGS-B", "optimizer_per_eval_s"), ("hpcpot L-BFGS, no prefetch", "optimizer_per_eval_s_lbfgs"),
                ("hpcpot L-BFGS, its pairs prefetched while the Allreduce is in flight (a training's)",
                 "optimizer_per_eval_s_lbfgs_prefetched"))  # fmt: skip
@@ -399,14 +410,19 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
             c = np.tile(costs, scale)
             for P in (16, 64, 256):
                 imb = imbalance(balanced_assignment(c, P), c, P) if len(c) >= P else 1.0
-                tp = t1 * scale / P * imb
                 ideal = t1 * scale / P
+                # a rank's compute: its shard measured (1x), or 1/P of 100x the set plus what a
+                # shard costs beyond 1/P of the set (a fixed cost per evaluation); 1/P of the
+                # set when the shard was not measured (the model before round 18)
+                shard_s = res1.get("optimizer_at_shard", {}).get(str(P), {}).get("shard_eval_s")
+                fixed = max(0.0, shard_s - t1 / P) if shard_s is not None else 0.0
+                tp = (ideal + fixed) * imb
                 # with a shard of 1/P of the reference set: the time measured between such
                 # shard evaluations; with 100x the set a shard outgrows the caches as on one rank
                 shard = res1.get("optimizer_at_shard", {}).get(str(P), {}) if scale == 1 else {}
                 opt = shard.get(key, opt1)
                 pre = shard.get("lbfgs_prefetch_s", res1.get("lbfgs_prefetch_s", 0.0)) if prefetched else 0.0
-                rec = {"imbalance": imb, "optimizer_s": opt, "prefetch_s": pre}
+                rec = {"imbalance": imb, "optimizer_s": opt, "prefetch_s": pre, "fixed_s": fixed}
 
                 for mode in ("rank0", "replicated"):
                     rec[f"eff_this_machine_{mode}"] = (
@@ -503,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
 
         st, _ = read_structures([args.data], need_forces=False, index=f":{args.images}")
         costs = pair_cost(st, 6.5)
-        log("predicted efficiency of one loss+gradient evaluation (compute/P x imbalance + log2(P) collective stages + optimizer):")
+        log("predicted efficiency of one loss+gradient evaluation ((compute/P + fixed cost per evaluation) x imbalance "
+            "+ log2(P) collective stages + optimizer):")  # fmt: skip
         results["prediction"] = predict(mpi["eval_1"], mpi["eval_2"], costs, log)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
