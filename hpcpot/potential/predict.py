@@ -292,11 +292,14 @@ class Batch:
         """Element e's network over its atoms, block by block: (layers, slope, intercept,
         [(b0, b1, Pass)], outputs (n_e,))."""
         lay = self.layout
-        layers = lay.unpack(params, e)
         if self.dtype != np.float64:
-            # float32 passes (a training's [loss] precision): rounded copies of the weights;
-            # energies, input gradients and parameter gradients are summed in float64
-            layers = [(W.astype(self.dtype), b.astype(self.dtype)) for W, b in layers]
+            # float32 passes (a training's [loss] precision): rounded copies of the weights
+            # (of the element's whole network at once); energies, input gradients and
+            # parameter gradients are summed in float64
+            lo, hi = lay.network_span(e)
+            layers = lay.unpack(params[lo:hi].astype(self.dtype), e, base=lo)
+        else:
+            layers = lay.unpack(params, e)
         slope, intercept = lay.slope_intercept(params, e)
         out_e = np.empty(len(self.X[e]))
         blocks = []
