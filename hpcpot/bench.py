@@ -257,7 +257,7 @@ def worker(args) -> int:
         out["anneal_step_s"], _ = _median_time(lambda: ev.evaluate(p, CMD_LOSS), args.repeats)
         out.update(_optimizer_times(ev, p))
         if comm.size == 1:
-            out["optimizer_at_shard"] = _optimizer_at_shard_sizes(args)
+            out["optimizer_at_shard"] = _optimizer_at_shard_sizes(args, setup.train, p)
     ev.stop()
     comps = comm.allgather(ev.timing["compute"] / max(ev.timing["n"], 1))
     if not args.startup_only:
@@ -278,7 +278,7 @@ def _optimizer_times(ev, p) -> dict:
             "optimizer_per_eval_s_lbfgs_prefetched": pre_gap, "lbfgs_prefetch_s": pre}  # fmt: skip
 
 
-def _optimizer_at_shard_sizes(args, ranks=(16, 64, 256)) -> dict:
+def _optimizer_at_shard_sizes(args, whole, x_whole, ranks=(16, 64, 256)) -> dict:
     """The optimiser's time per evaluation when the evaluations between its steps are those
     of one rank's shard at P ranks (images / P): a small shard leaves more of the optimiser's
     state and of the interpreter in cache than the whole set does on one rank."""
@@ -295,11 +295,18 @@ def _optimizer_at_shard_sizes(args, ranks=(16, 64, 256)) -> dict:
             setup = build(SerialComm(), load_config(cfgp), lambda *a: None)
         ev = Evaluator(SerialComm(), setup.train, None, N_HEAD)
         res[str(P)] = _optimizer_times(ev, setup.x0)
-        # the shard's own loss+gradient (what compute_rank0_s is of the whole set): a shard of
-        # a few images costs more than 1/P of the set, by what every evaluation pays whatever
-        # its size (Python and numpy calls per element, layer and block; kernel dispatch)
+        # the shard's own loss+gradient against the whole set's (``whole``, what
+        # compute_rank0_s measured), interleaved so that the machine's speed cancels: a shard
+        # of a few images costs more than 1/P of the set, by what every evaluation pays
+        # whatever its size (Python and numpy calls per element, layer and block)
         prob, x0, buf = setup.train, setup.x0, np.zeros(setup.train.buffer_size)
-        res[str(P)]["shard_eval_s"] = _median_time(partial(prob.evaluate, x0, True, buf), 41)[0]
+        buf_w = np.zeros(whole.buffer_size)
+        shard_t, whole_t = [], []
+        for _ in range(5):
+            whole_t.append(_median_time(partial(whole.evaluate, x_whole, True, buf_w), 1)[0])
+            shard_t.append(_median_time(partial(prob.evaluate, x0, True, buf), 9)[0])
+        res[str(P)]["shard_eval_s"] = float(np.median(shard_t))
+        res[str(P)]["whole_eval_s"] = float(np.median(whole_t))
         del setup, ev, prob
     return res
 
@@ -390,9 +397,10 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
     out = {}
     for P, shard in res1.get("optimizer_at_shard", {}).items():
         if "shard_eval_s" in shard:
-            log(f"a {P}-rank shard's loss+gradient, measured: {1e6 * shard['shard_eval_s']:.0f} µs against 1/{P} of the "
-                f"set's {1e6 * t1 / int(P):.0f} µs: a fixed cost of {1e6 * max(0.0, shard['shard_eval_s'] - t1 / int(P)):.0f} µs "
-                "per evaluation")  # fmt: skip
+            part = shard["whole_eval_s"] / int(P)
+            log(f"a {P}-rank shard's loss+gradient: {1e6 * shard['shard_eval_s']:.0f} µs against 1/{P} of the whole "
+                f"set's {1e6 * part:.0f} µs (interleaved, medians): a fixed cost of "
+                f"{1e6 * max(0.0, shard['shard_eval_s'] - part):.0f} µs per evaluation")  # fmt: skip
     methods = (("scipy L-BFGS-B", "optimizer_per_eval_s"), ("hpcpot L-BFGS, no prefetch", "optimizer_per_eval_s_lbfgs"),
                ("hpcpot L-BFGS, its pairs prefetched while the Allreduce is in flight (a training's)",
                 "optimizer_per_eval_s_lbfgs_prefetched"))  # fmt: skip
@@ -414,8 +422,8 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
                 # a rank's compute: its shard measured (1x), or 1/P of 100x the set plus what a
                 # shard costs beyond 1/P of the set (a fixed cost per evaluation); 1/P of the
                 # set when the shard was not measured (the model before round 18)
-                shard_s = res1.get("optimizer_at_shard", {}).get(str(P), {}).get("shard_eval_s")
-                fixed = max(0.0, shard_s - t1 / P) if shard_s is not None else 0.0
+                shard = res1.get("optimizer_at_shard", {}).get(str(P), {})
+                fixed = max(0.0, shard["shard_eval_s"] - shard["whole_eval_s"] / P) if "shard_eval_s" in shard else 0.0
                 tp = (ideal + fixed) * imb
                 # with a shard of 1/P of the reference set: the time measured between such
                 # shard evaluations; with 100x the set a shard outgrows the caches as on one rank
