@@ -81,6 +81,12 @@ def install_fault(spec: str) -> None:
         raise ValueError(f"unknown fault point {point!r}")
 
 
+def _evaluator(comm, cfgpath):
+    """The training set-up of CONFIG on these ranks and an Evaluator over it."""
+    setup = build(comm, load_config(cfgpath), lambda *a: None)
+    return setup, Evaluator(comm, setup.train, setup.valid, N_HEAD)
+
+
 def main() -> int:
     mode, cfgpath = sys.argv[1], sys.argv[2]
     if mode == "inject":
@@ -92,9 +98,7 @@ def main() -> int:
     if mode == "eval":
 
         def run():
-            cfg = load_config(cfgpath)
-            setup = build(comm, cfg, lambda *a: None)
-            ev = Evaluator(comm, setup.train, setup.valid, N_HEAD)
+            setup, ev = _evaluator(comm, cfgpath)
             if comm.rank != 0:
                 ev.serve()
                 return 0
@@ -108,9 +112,7 @@ def main() -> int:
     if mode == "mismatch":
 
         def run():
-            cfg = load_config(cfgpath)
-            setup = build(comm, cfg, lambda *a: None)
-            ev = Evaluator(comm, setup.train, setup.valid, N_HEAD)
+            setup, ev = _evaluator(comm, cfgpath)
             p = setup.x0.copy()
             ev.everywhere(p)
             print(f"rank {comm.rank}: agreed", flush=True)
@@ -130,9 +132,7 @@ def main() -> int:
     if mode == "overlap":
 
         def run():
-            cfg = load_config(cfgpath)
-            setup = build(comm, cfg, lambda *a: None)
-            ev = Evaluator(comm, setup.train, setup.valid, N_HEAD)
+            setup, ev = _evaluator(comm, cfgpath)
             ran = []
             p = setup.x0 + 0.01
             plain = ev.everywhere(p).copy()
