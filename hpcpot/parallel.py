@@ -86,11 +86,16 @@ class MPIComm(SerialComm):
     def Bcast(self, arr: np.ndarray, root: int = 0) -> None:
         self.comm.Bcast(arr, root=root)
 
-    def _allreduce(self, arr: np.ndarray, op) -> np.ndarray:
-        """In place on a contiguous array of at least one element (a 0-d array would need a
-        copy, and a caller ignoring the return value would silently keep its local value)."""
+    @staticmethod
+    def _check_in_place(arr: np.ndarray) -> None:
+        """Reductions work in place on a contiguous array of at least one element (a 0-d
+        array would need a copy, and a caller ignoring the return value would silently keep
+        its local value)."""
         if arr.ndim == 0 or not arr.flags.c_contiguous:
             raise ValueError("allreduce needs a C-contiguous array with ndim >= 1")
+
+    def _allreduce(self, arr: np.ndarray, op) -> np.ndarray:
+        self._check_in_place(arr)
         self.comm.Allreduce(self._MPI.IN_PLACE, arr, op=op)
         return arr
 
@@ -105,8 +110,7 @@ class MPIComm(SerialComm):
         and the reduction's stages: the optimiser's cache warm-up, most useful first."""
         if overlap is None:
             return self._allreduce(arr, self._MPI.SUM)
-        if arr.ndim == 0 or not arr.flags.c_contiguous:
-            raise ValueError("allreduce needs a C-contiguous array with ndim >= 1")
+        self._check_in_place(arr)
         req = self.comm.Iallreduce(self._MPI.IN_PLACE, arr, op=self._MPI.SUM)
         for chunk in overlap:
             chunk()
