@@ -419,19 +419,19 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
             for P in (16, 64, 256):
                 imb = imbalance(balanced_assignment(c, P), c, P) if len(c) >= P else 1.0
                 ideal = t1 * scale / P
+                at_shard = res1.get("optimizer_at_shard", {}).get(str(P), {})
                 # a rank's compute: its shard measured (1x), or 1/P of 100x the set plus what a
                 # shard costs beyond 1/P of the set (a fixed cost per evaluation); 1/P of the
                 # set when the shard was not measured (the model before round 18)
-                shard = res1.get("optimizer_at_shard", {}).get(str(P), {})
-                fixed = max(0.0, shard["shard_eval_s"] - shard["whole_eval_s"] / P) if "shard_eval_s" in shard else 0.0
+                fixed = (max(0.0, at_shard["shard_eval_s"] - at_shard["whole_eval_s"] / P)
+                         if "shard_eval_s" in at_shard else 0.0)  # fmt: skip
                 tp = (ideal + fixed) * imb
-                # with a shard of 1/P of the reference set: the time measured between such
-                # shard evaluations; with 100x the set a shard outgrows the caches as on one rank
-                shard = res1.get("optimizer_at_shard", {}).get(str(P), {}) if scale == 1 else {}
-                opt = shard.get(key, opt1)
-                pre = shard.get("lbfgs_prefetch_s", res1.get("lbfgs_prefetch_s", 0.0)) if prefetched else 0.0
+                # with a shard of 1/P of the reference set: the optimiser's time measured between
+                # such shard evaluations; with 100x the set a shard outgrows the caches as on one rank
+                opt_src = at_shard if scale == 1 else {}
+                opt = opt_src.get(key, opt1)
+                pre = opt_src.get("lbfgs_prefetch_s", res1.get("lbfgs_prefetch_s", 0.0)) if prefetched else 0.0
                 rec = {"imbalance": imb, "optimizer_s": opt, "prefetch_s": pre, "fixed_s": fixed}
-
                 for mode in ("rank0", "replicated"):
                     rec[f"eff_this_machine_{mode}"] = (
                         ideal / _step_cost(tp, P, opt, pre, here[mode], here["replicated"]) if here is not None

@@ -49,27 +49,25 @@ class Layout:
     # (weights, float32 copies, gradient views) and reads the slopes, and recomputing the
     # offsets from the shapes each time cost ~45 µs per evaluation of a small shard.
     @cached_property
-    def _plan(self) -> tuple[tuple[tuple[int, int, int], ...], ...]:
-        """Per element, per layer: (offset of W, n_out, n_in); b follows W."""
-        plan, off = [], 0
+    def _plan(self) -> tuple[tuple[tuple[tuple[int, int, int], ...], ...], tuple[int, ...]]:
+        """(per element, per layer: (offset of W, n_out, n_in), b following W; the offset of
+        each element's network and, last, of the slopes)."""
+        plan, starts, off = [], [], 0
         for e in range(len(self.elements)):
+            starts.append(off)
             layers = []
             for o, i in self.layer_shapes(e):
                 layers.append((off, o, i))
                 off += o * i + o
             plan.append(tuple(layers))
-        return tuple(plan)
+        return tuple(plan), (*starts, off)
 
     @cached_property
     def n_params(self) -> int:
         return self.scaling_offset + 2 * len(self.elements)
 
     def network_offset(self, e: int) -> int:
-        plan = self._plan
-        if e < len(plan):
-            return plan[e][0][0]
-        last = plan[-1][-1]
-        return last[0] + last[1] * last[2] + last[1]
+        return self._plan[1][e]
 
     def network_span(self, e: int) -> tuple[int, int]:
         """(first, end) of element e's network in the flat vector."""
@@ -83,7 +81,7 @@ class Layout:
         """Views (W, b) of every layer of element e's network into ``params``, whose first
         entry is entry ``base`` of the flat vector (a slice of it: base = its start)."""
         out = []
-        for off, o, i in self._plan[e]:
+        for off, o, i in self._plan[0][e]:
             w = off - base
             out.append((params[w : w + o * i].reshape(o, i), params[w + o * i : w + o * i + o]))
         return out

@@ -207,9 +207,9 @@ def _kernel_warm_up() -> Callable[[], None]:
 
 def _warm_up_chunks(S: np.ndarray, Y: np.ndarray, ring: np.ndarray, chunks: int = 8) -> list[Callable[[], None]]:
     """The warm-up of the next iteration, as calls an Allreduce in flight runs between its
-    tests: the kernels (:func:`_kernel_warm_up`), then the prefetch of the pairs the next
-    recursion reads, newest first, in ``chunks`` calls: as many pairs as fill 3/4 of L2 (more
-    would evict the first ones before they are read)."""
+    tests, most useful first: the prefetch of the pairs the next recursion reads, newest
+    first, in ``chunks`` calls (as many pairs as fill 3/4 of L2: more would evict the first
+    ones before they are read), then the kernels (:func:`_kernel_warm_up`)."""
     pairs = min(S.shape[0], max(1, int(0.75 * _l2_bytes()) // (S[0].nbytes + Y[0].nbytes)))
     bounds = np.linspace(0, pairs, min(chunks, pairs) + 1).astype(int)
     return [lambda a=int(a), b=int(b): _prefetch_pairs(S, Y, ring, a, b)
@@ -325,8 +325,8 @@ def minimize_lbfgs(
 ) -> LbfgsResult:
     """Minimise ``fun`` from ``x0`` (float64, shape (P,)); see the module doc.
 
-    ``overlap``, if given, is called with the prefetch of the pairs the next recursion
-    reads (zero-argument calls) and with ``()`` when the run ends: an MPI evaluation runs
+    ``overlap``, if given, is called with the warm-up of the next iteration (zero-argument
+    calls: :func:`_warm_up_chunks`) and with ``()`` when the run ends: an MPI evaluation runs
     them while its Allreduce is in flight (:meth:`hpcpot.parallel.Evaluator.set_overlap`).
     After an evaluation has streamed its shard through the caches the recursion reads its
     pairs from L3 or DRAM (at 64 ranks of the reference set: ~45 µs of a ~130 µs step);
