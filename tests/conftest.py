@@ -55,6 +55,21 @@ def small_problem(st, alpha=0.04, hidden=(7, 5), activation="tanh", dtype=np.flo
     return ShardProblem(st, G, b, lay, gmin, gmax, sf.block_tables(), alpha, dtype=precision), p, lay
 
 
+def fresh_python(code: str) -> list[str]:
+    """What ``code`` prints in a fresh interpreter (nothing this test process has imported
+    counts there), split into words; a failure raises with its output."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+
+def read_in_fresh_python(statements: str) -> list[str]:
+    """Run ``statements``, which leave what they read in ``st`` (a Structures), in a fresh
+    interpreter: [its image count, whether ase.io was imported, whether scipy was]."""
+    code = "import sys\nimport numpy as np\n" + statements + "\nprint(st.n_images, 'ase.io' in sys.modules, 'scipy' in sys.modules)\n"
+    return fresh_python(code)
+
+
 def run_mpi(n: int, args: list[str], timeout: float = 240, env: dict | None = None):
     """Run `mpiexec -n n python args...`; returns CompletedProcess (text)."""
     import subprocess

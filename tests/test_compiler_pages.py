@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
+from conftest import fresh_python
 
 CODE = r"""
 import numpy as np
@@ -37,5 +37,5 @@ print(r0 > 0, dropped > 0, r0 - r1 >= dropped // 2, a == b == np.sqrt(x).sum(), 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps and madvise: Linux")
 def test_release_then_run_and_compile():
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True).stdout.split()
+    out = fresh_python(CODE)
     assert out == ["True"] * 6

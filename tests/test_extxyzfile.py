@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import ase.io
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from conftest import read_in_fresh_python
 
 from hpcpot.errors import DataError
 from hpcpot.training.data import _read_xyz, atoms_to_structures, read_structures
@@ -120,11 +119,5 @@ def test_bad_values_are_data_errors(tmp_path):
 def test_training_reads_extxyz_without_ase_io(tmp_path):
     p = str(tmp_path / "set.extxyz")
     ase.io.write(p, images())
-    code = (
-        "import sys\n"
-        "from hpcpot.training.data import read_structures\n"
-        f"st, _ = read_structures([{p!r}], need_forces=True)\n"
-        "print(st.n_images, 'ase.io' in sys.modules, 'scipy' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = read_in_fresh_python(f"from hpcpot.training.data import read_structures\nst, _ = read_structures([{p!r}], need_forces=True)")
     assert out == ["3", "False", "False"]
