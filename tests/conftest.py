@@ -147,15 +147,16 @@ def fitted_model():
 
 
 def small_config(d: Path, iters: int = 10**6, every: int = 1, extra: str = "", hidden: str = "[6]",
-                 e_rmse: float = 1e-12, f_rmse: float = 1e-12) -> Path:  # fmt: skip
-    """d/c.toml: 24 reference images, no validation, checkpoints every ``every`` iterations
-    (keep 3), criteria that a short run never meets; ``extra`` is appended (more tables)."""
+                 e_rmse: float = 1e-12, f_rmse: float = 1e-12, images: int = 24, validation: float = 0.0) -> Path:  # fmt: skip
+    """d/c.toml: the first ``images`` reference images (24), ``validation`` of them held out
+    (none), checkpoints every ``every`` iterations (keep 3), criteria that a short run never
+    meets; ``extra`` is appended (more tables)."""
     cfg = d / "c.toml"
     cfg.write_text(f"""
 [data]
 train = ["{need(REF)}"]
-index = ":24"
-validation_fraction = 0.0
+index = ":{images}"
+validation_fraction = {validation}
 [model]
 hidden = {hidden}
 [optimizer]

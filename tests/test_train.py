@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REF, ROOT, need
+from conftest import REF, ROOT, need, small_config
 
 
 def _run(cfg, *args):
@@ -169,19 +169,7 @@ def test_rank0_time_between_evaluations_leaves_out_the_final_validation(tmp_path
     negative when it was counted in."""
     import re
 
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f"""
-[data]
-train = ["{need(REF)}"]
-index = ":400"
-validation_fraction = 0.9
-[model]
-hidden = [4]
-[optimizer]
-max_iterations = 1
-[output]
-dir = "out"
-""")
+    cfg = small_config(tmp_path, iters=1, every=0, hidden="[4]", images=400, validation=0.9)
     r = _run(cfg)
     assert r.returncode == 0, r.stderr[-3000:]
     m = re.search(r"between evaluations: (-?\d+) µs per evaluation", r.stdout)
