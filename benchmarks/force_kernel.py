@@ -61,8 +61,7 @@ def kernel_problem(data: str, preset: str) -> tuple[ShardProblem, object]:
     p = initial_parameters(lay, np.ones(ne), np.zeros(ne), 0)
     pr = ShardProblem(st, G, b, lay, gmin, gmax, sf.block_tables(), 0.3, dtype=np.float32)
     for e in range(ne):  # input gradients, as an evaluation leaves them for the kernel
-        layers, slope, _, blocks, _ = pr._forward(p, e, True)
-        pr._fill_input_gradients(e, layers, slope, blocks)
+        pr._forward(p, e, True, fill_g=True)
     return pr, sf
 
 

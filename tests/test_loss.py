@@ -222,3 +222,67 @@ def test_training_problem_refuses_virials_over_its_shared_gradient_array(ref_str
     batch = Batch(st, G, b, lay, gmin, gmax, sf.block_tables())
     batch.predict(p)
     assert batch.v is not batch.g and np.isfinite(batch.virials()).all()
+
+
+@pytest.mark.parametrize("precision", [np.float64, np.float32])
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+@pytest.mark.parametrize("hidden", [(6,), (7, 5), (4, 6, 3)])
+def test_one_call_element_passes_equal_the_numpy_passes(ref_structures, precision, alpha, hidden):
+    """Tanh networks run each element's passes in one numba call (element_passes); the numpy
+    passes (network.forward, input_gradient, parameter_gradient) are the reference: loss,
+    gradient, energies and forces agree to rounding (float64) or float32 rounding, also with
+    many blocks and a ragged last one."""
+    prob, p, _ = small_problem(ref_structures.subset(np.arange(9)), alpha=alpha, hidden=hidden, precision=precision)
+    assert prob.fused
+    tol = 1e-12 if precision == np.float64 else 2e-6
+    prob.fused = False
+    ref = prob.evaluate(p).copy()
+    E_ref, F_ref = prob.predict(p)
+    prob.fused = True
+    for block in (2048, 7):
+        prob.block = prob.block_energy_only = block
+        got = prob.evaluate(p).copy()
+        assert np.abs(got[0] - ref[0]) <= tol * ref[0]
+        assert np.abs(got[5:] - ref[5:]).max() <= tol * np.abs(ref[5:]).max()
+        E, F = prob.predict(p)
+        np.testing.assert_allclose(E, E_ref, rtol=tol)
+        if alpha:
+            assert np.abs(F - F_ref).max() <= 10 * tol * np.abs(F_ref).max()
+            assert np.abs(F - F_ref).max() > 0 or precision == np.float64
+
+
+@pytest.mark.parametrize("precision", [np.float64, np.float32])
+def test_element_kernels_with_inputs_narrower_than_the_gradient_rows(precision):
+    """An element with fewer functions than the widest element: element_forward writes only
+    the first n_in columns of its rows of g (from row g_row0), element_gradient reads only
+    those of v; the results equal network.forward / input_gradient / parameter_gradient."""
+    from hpcpot.potential.element_passes import element_forward, element_gradient
+    from hpcpot.potential.network import D2_COEFFICIENTS, Layout, forward, input_gradient, parameter_gradient
+
+    rng = np.random.default_rng(5)
+    n, n_in, width, row0 = 11, 4, 9, 3
+    lay = Layout(("H",), (n_in,), (5, 3), "tanh")
+    w = rng.normal(0, 0.7, lay.n_params - 2).astype(precision)
+    X = rng.uniform(-1, 1, (n, n_in)).astype(precision)
+    sizes = np.array([n_in, 5, 3, 1])
+    acts, d1s = np.empty(n * 8, precision), np.empty(n * 8, precision)
+    g = np.full((n + 5, width), 7.0, precision)
+    out = np.empty(n)
+    slope = precision(0.8)
+    element_forward(w, sizes, X, slope, 4, out, acts, d1s, g, row0, True)
+    layers = lay.unpack(w, 0)
+    ps = forward(layers, X, "tanh")
+    tol = 1e-12 if precision == np.float64 else 1e-5
+    np.testing.assert_allclose(out, ps.out, rtol=tol, atol=tol)
+    np.testing.assert_allclose(g[row0 : row0 + n, :n_in], input_gradient(layers, ps, 0.8), rtol=tol, atol=tol)
+    assert (g[:row0] == 7).all() and (g[row0 + n :] == 7).all() and (g[:, n_in:] == 7).all()
+    v = rng.normal(size=(n + 5, width)).astype(precision)
+    obar = rng.normal(size=n).astype(precision)
+    grad = np.zeros(lay.n_params + 3)
+    c0, c1 = D2_COEFFICIENTS["tanh"]
+    outdot = element_gradient(w, sizes, X, 4, acts, d1s, obar, v, row0, precision(-0.8), c0, c1, grad, 3)
+    grads, outdot_ref = parameter_gradient(layers, ps, obar, v[row0 : row0 + n, :n_in], -0.8)
+    ref = np.concatenate([np.concatenate([dW.ravel(), db]) for dW, db in grads])
+    assert (grad[:3] == 0).all() and (grad[3 + ref.size :] == 0).all()
+    np.testing.assert_allclose(grad[3 : 3 + ref.size], ref, rtol=tol, atol=tol * np.abs(ref).max())
+    assert outdot == pytest.approx(float(outdot_ref.sum()), rel=tol, abs=tol)

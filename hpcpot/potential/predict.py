@@ -9,9 +9,12 @@ needs; the loss (:mod:`hpcpot.training.loss`) builds on this class rather than c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
+from .element_passes import element_forward
 from .fingerprints import DerivativeBlocks, compute_fingerprints
 from .intrinsics import prefetch
 from .network import Layout, forward, input_gradient
@@ -191,6 +194,18 @@ def _force_kernel(
             _scatter_rows(v, vk, row[i], sub_idx, sub_len, c)
 
 
+@dataclass
+class ElementPass:
+    """One element's forward pass over its rows (:meth:`Batch._forward`)."""
+
+    w: np.ndarray  # the element's network, flat (Layout order), in the passes' dtype
+    slope: float  # eV
+    intercept: float  # eV
+    out: np.ndarray  # (n_e,) network outputs
+    layers: list | None = None  # numpy passes: views (W, b) into w, and
+    blocks: list | None = None  # [(b0, b1, Pass)]; both None when element_forward ran
+
+
 class Batch:
     """A set of structures ready for the networks: scaled fingerprints grouped by element,
     sparse scaled derivatives, and (for training) reference energies (eV) and forces (eV/Å).
@@ -201,6 +216,10 @@ class Batch:
 
     ``recompute=sf`` (a SymmetryFunctions, with ``blocks=None``): store no derivatives and
     recompute them chunk by chunk in every evaluation with forces (memory for time).
+
+    Tanh networks (the default) run each element's passes in one numba call
+    (:mod:`hpcpot.potential.element_passes`), keeping their activations in a workspace per
+    element; other activations go through the numpy passes of :mod:`hpcpot.potential.network`.
     """
 
     def __init__(
@@ -260,6 +279,18 @@ class Batch:
             self.v = np.zeros((len(order), nmax), self.dtype)
             self.Fhat = np.zeros((len(order), 3))
         self.last_max = (0.0, 0.0)
+        self.fused = layout.activation == "tanh"
+        self.sizes = [np.array([layout.n_inputs[e], *layout.hidden, 1], np.int64) for e in range(ne)]
+        self._workspace: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def workspace(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """Element e's activations and f' of its last forward pass (element_passes' layout),
+        in the passes' dtype; allocated on first use (n_e × Σ hidden values each)."""
+        ws = self._workspace.get(e)
+        if ws is None or ws[0].dtype != self.dtype:
+            n = len(self.X[e]) * sum(self.layout.hidden)
+            ws = self._workspace[e] = (np.empty(n, self.dtype), np.empty(n, self.dtype))
+        return ws
 
     def use_float64(self) -> bool:
         """Switch float32 network passes to float64 from now on (the inputs keep their float32
@@ -288,32 +319,34 @@ class Batch:
         size = self.block if forces else self.block_energy_only
         return [(b0, min(n, b0 + size)) for b0 in range(0, n, size)]
 
-    def _forward(self, params: np.ndarray, e: int, forces: bool):
-        """Element e's network over its atoms, block by block: (layers, slope, intercept,
-        [(b0, b1, Pass)], outputs (n_e,))."""
+    def _forward(self, params: np.ndarray, e: int, forces: bool, fill_g: bool = False) -> ElementPass:
+        """Element e's network over its atoms, block by block; with ``fill_g`` also its rows
+        of self.g = slope * d(network output)/d(scaled fingerprints)."""
         lay = self.layout
-        if self.dtype != np.float64:
-            # float32 passes (a training's [loss] precision): rounded copies of the weights
-            # (of the element's whole network at once); energies, input gradients and
-            # parameter gradients are summed in float64
-            lo, hi = lay.network_span(e)
-            layers = lay.unpack(params[lo:hi].astype(self.dtype), e, base=lo)
-        else:
-            layers = lay.unpack(params, e)
+        lo, hi = lay.network_span(e)
+        # float32 passes (a training's [loss] precision): a rounded copy of the element's
+        # network; energies, input gradients and parameter gradients are summed in float64
+        w = params[lo:hi].astype(self.dtype, copy=False)
         slope, intercept = lay.slope_intercept(params, e)
         out_e = np.empty(len(self.X[e]))
+        if self.fused:
+            acts, d1s = self.workspace(e)
+            g = self.g if fill_g else np.empty((0, 0), self.dtype)
+            block = self.block if forces else self.block_energy_only
+            element_forward(w, self.sizes[e], self.X[e], self.dtype.type(slope), block, out_e, acts, d1s, g,
+                            self.elem_ptr[e], fill_g)  # fmt: skip
+            return ElementPass(w, slope, intercept, out_e)
+        layers = lay.unpack(w, e, base=lo)
         blocks = []
         for b0, b1 in self._blocks(e, forces):
             ps = forward(layers, self.X[e][b0:b1], lay.activation)
             out_e[b0:b1] = ps.out
             blocks.append((b0, b1, ps))
-        return layers, slope, intercept, blocks, out_e
-
-    def _fill_input_gradients(self, e: int, layers, slope: float, blocks) -> None:
-        """self.g rows of element e = slope * d(network output)/d(scaled fingerprints)."""
-        r0, nf = self.elem_ptr[e], self.layout.n_inputs[e]
-        for b0, b1, ps in blocks:
-            input_gradient(layers, ps, slope, out=self.g[r0 + b0 : r0 + b1, :nf])
+        if fill_g:
+            r0, nf = self.elem_ptr[e], lay.n_inputs[e]
+            for b0, b1, ps in blocks:
+                input_gradient(layers, ps, slope, out=self.g[r0 + b0 : r0 + b1, :nf])
+        return ElementPass(w, slope, intercept, out_e, layers, blocks)
 
     def _energies(self, params: np.ndarray, fill_g: bool = False) -> np.ndarray:
         """Ê per image (eV); with ``fill_g`` also the input gradients self.g, from the same
@@ -322,10 +355,8 @@ class Batch:
         for e in range(len(self.layout.elements)):
             if len(self.X[e]) == 0:
                 continue
-            layers, slope, intercept, blocks, out_e = self._forward(params, e, True)
-            if fill_g:
-                self._fill_input_gradients(e, layers, slope, blocks)
-            Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
+            ep = self._forward(params, e, True, fill_g)
+            Ehat += np.bincount(self.img[e], weights=ep.slope * ep.out + ep.intercept, minlength=self.n_images)
         return Ehat
 
     def predict_energies(self, params: np.ndarray) -> np.ndarray:

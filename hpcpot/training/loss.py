@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..potential.element_passes import element_gradient
 from ..potential.fingerprints import DerivativeBlocks
-from ..potential.network import Layout, parameter_gradient
+from ..potential.network import D2_COEFFICIENTS, Layout, parameter_gradient
 from ..potential.predict import Batch
 
 N_HEAD = 5  # loss, sum rE^2, n_images, sum dF^2, n_force_components
@@ -58,9 +59,9 @@ class ShardProblem(Batch):
             if len(self.X[e]) == 0:
                 passes.append(None)
                 continue
-            layers, slope, intercept, blocks, out_e = self._forward(params, e, do_forces)
-            Ehat += np.bincount(self.img[e], weights=slope * out_e + intercept, minlength=self.n_images)
-            passes.append((layers, slope, blocks, out_e))
+            ep = self._forward(params, e, do_forces, fill_g=do_forces)
+            Ehat += np.bincount(self.img[e], weights=ep.slope * ep.out + ep.intercept, minlength=self.n_images)
+            passes.append(ep)
         rE = (Ehat - self.energy) / self.natoms
         loss = 0.5 * float(rE @ rE)
         buf[1] = rE @ rE
@@ -68,11 +69,6 @@ class ShardProblem(Batch):
         maxE = float(np.abs(rE).max()) if self.n_images else 0.0
         maxF = 0.0
         if do_forces:
-            for e in range(ne):
-                if passes[e] is None:
-                    continue
-                layers, slope, blocks, _ = passes[e]
-                self._fill_input_gradients(e, layers, slope, blocks)
             sq = np.empty(self.n_images)
             mx = np.empty(self.n_images)
             self._forces_and_v(self.forces, self.wF, sq, mx)
@@ -88,22 +84,30 @@ class ShardProblem(Batch):
         dt = self.dtype
         wE = rE / self.natoms  # dL/dÊ_j
         for e in range(ne):
-            if passes[e] is None:
+            ep = passes[e]
+            if ep is None:
                 continue
-            layers, slope, blocks, out_e = passes[e]
             wE_atom = wE[self.img[e]]
-            gl = lay.unpack(grad, e)
+            obar = (ep.slope * wE_atom).astype(dt, copy=False)
             r0 = self.elem_ptr[e]
-            outdot_sum = 0.0
-            for b0, b1, ps in blocks:
-                v = self.v[r0 + b0 : r0 + b1, : lay.n_inputs[e]] if do_forces else None  # in dt already
-                grads, outdot = parameter_gradient(layers, ps, (slope * wE_atom[b0:b1]).astype(dt, copy=False), v, -float(slope))
-                for (gW, gb), (dW, db) in zip(gl, grads, strict=True):
-                    gW += dW
-                    gb += db
-                if outdot is not None:
-                    outdot_sum += outdot.sum(dtype=np.float64)
+            if ep.blocks is None:  # element_forward's workspace holds the pass
+                acts, d1s = self.workspace(e)
+                v = self.v if do_forces else np.empty((0, 0), dt)
+                c0, c1 = D2_COEFFICIENTS[lay.activation]
+                outdot_sum = element_gradient(ep.w, self.sizes[e], self.X[e], self.block, acts, d1s, obar, v, r0,
+                                              dt.type(-ep.slope), c0, c1, grad, lay.network_offset(e))  # fmt: skip
+            else:
+                gl = lay.unpack(grad, e)
+                outdot_sum = 0.0
+                for b0, b1, ps in ep.blocks:
+                    v = self.v[r0 + b0 : r0 + b1, : lay.n_inputs[e]] if do_forces else None  # in dt already
+                    grads, outdot = parameter_gradient(ep.layers, ps, obar[b0:b1], v, -float(ep.slope))
+                    for (gW, gb), (dW, db) in zip(gl, grads, strict=True):
+                        gW += dW
+                        gb += db
+                    if outdot is not None:
+                        outdot_sum += outdot.sum(dtype=np.float64)
             k = lay.scaling_offset + 2 * e
-            grad[k] += wE_atom @ out_e - outdot_sum
+            grad[k] += wE_atom @ ep.out - outdot_sum
             grad[k + 1] += wE_atom.sum()
         return buf
