@@ -279,7 +279,7 @@ class Batch:
             self.v = np.zeros((len(order), nmax), self.dtype)
             self.Fhat = np.zeros((len(order), 3))
         self.last_max = (0.0, 0.0)
-        self.fused = layout.activation == "tanh"
+        self.fused = self.element_kernels and layout.activation == "tanh"
         self.sizes = [np.array([layout.n_inputs[e], *layout.hidden, 1], np.int64) for e in range(ne)]
         self._workspace: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -313,6 +313,8 @@ class Batch:
     # Without forces there are fewer temporaries per row: 4096 rows measured ~5% faster.
     block = 2048
     block_energy_only = 4096
+    # False: the numpy passes for tanh networks too (the reference; benchmarks/element_passes.py)
+    element_kernels = True
 
     def _blocks(self, e: int, forces: bool = True):
         n = len(self.X[e])
