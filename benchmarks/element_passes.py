@@ -21,12 +21,11 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from hpcpot.bench import _config_text
+from hpcpot.bench import _config_text, _median_time, calculator_calls
 from hpcpot.parallel import SerialComm
 from hpcpot.potential.predict import Batch
 from hpcpot.training.config import load_config
@@ -43,19 +42,8 @@ def _problem(images: int, alpha: float = 0.04):
     return s.train, s.x0
 
 
-def _timed(fn, calls: int) -> float:
-    ts = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
-def _calculator_call(prob, x):
-    """An energy+forces call of the ASE calculator on the first image and on a 4x4x1 repeat."""
-    from ase.io import read
-
+def _calculator_calls(prob, x):
+    """Energy+forces calls of the ASE calculator on the first image and on a 4x4x1 repeat."""
     from hpcpot.potential.calculator import Calculator
     from hpcpot.potential.fingerprints import shortest_distances
     from hpcpot.potential.modelfile import Model
@@ -65,20 +53,7 @@ def _calculator_call(prob, x):
     fpc = FingerprintConfig(preset="auto")
     sf = generated_set(fpc, list(prob.layout.elements), shortest_distances(prob.st, fpc.cutoff))
     gmin = np.full((len(prob.layout.elements), sf.n_max), -1e3)  # wide: no extrapolation warnings
-    gmax = -gmin
-    calc = Calculator(Model(sf, prob.layout, x, gmin, gmax))
-    atoms = read(DATA, 0)
-    atoms.set_constraint()
-    calls = {}
-    for a in (atoms, atoms.repeat((4, 4, 1))):
-        a.calc = calc
-
-        def call(a=a):
-            a.positions[0, 0] += 1e-6
-            a.get_forces()
-
-        calls[len(a)] = call
-    return calls
+    return calculator_calls(DATA, Calculator(Model(sf, prob.layout, x, gmin, -gmin)))
 
 
 def main() -> None:
@@ -104,18 +79,18 @@ def main() -> None:
     rel = np.abs(new[5:] - ref[5:]).max() / np.abs(ref[5:]).max()
     print(f"whole set: loss {ref[0]:.9g} (numpy passes) against {new[0]:.9g}, gradient max rel. difference {rel:.1e}")
     assert rel < 2e-6
-    calc_calls = _calculator_call(whole, xw)
+    calc_calls = _calculator_calls(whole, xw)
     res = {name: {False: [], True: []} for name in [*cases, *(f"ASE calculator, {n} atoms" for n in calc_calls)]}
     for r in range(args.rounds):
-        for fused in ((False, True) if r % 2 == 0 else (True, False)):
+        for fused in (False, True) if r % 2 == 0 else (True, False):
             for name, (prob, fn, calls) in cases.items():
                 prob.fused = fused
                 fn()
-                res[name][fused].append(_timed(fn, calls))
+                res[name][fused].append(_median_time(fn, calls)[0])
             Batch.element_kernels = fused
             for n, call in calc_calls.items():
                 call()
-                res[f"ASE calculator, {n} atoms"][fused].append(_timed(call, 15))
+                res[f"ASE calculator, {n} atoms"][fused].append(_median_time(call, 15)[0])
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     Batch.element_kernels = True
     print(f"medians of {args.rounds} interleaved rounds (µs):")

@@ -197,15 +197,21 @@ def single_process(data: str, images: int, repeats: int, log, preset: str = "aut
 def _calculator_times(data: str, sf, lay, p, gmin, gmax, repeats: int) -> dict:
     """Seconds per ASE energy+forces call (what an MD step costs): the first reference image
     and a 4x4x1 repeat of it, the positions nudged before each call so nothing is cached."""
-    from ase.io import read
-
     from .potential.calculator import Calculator
     from .potential.modelfile import Model
 
-    calc = Calculator(Model(sf, lay, p, gmin, gmax))
+    calls = calculator_calls(data, Calculator(Model(sf, lay, p, gmin, gmax)))
+    return {n: _median_time(call, 5 * repeats)[0] for n, call in calls.items()}
+
+
+def calculator_calls(data: str, calc) -> dict:
+    """{atoms: a call of ``calc``'s energy+forces} on the first image of ``data`` and on a
+    4x4x1 repeat of it, each call nudging a position first so that nothing is cached."""
+    from ase.io import read
+
     atoms = read(data, 0)
     atoms.set_constraint()
-    out = {}
+    calls = {}
     for a in (atoms, atoms.repeat((4, 4, 1))):
         a.calc = calc
 
@@ -213,8 +219,8 @@ def _calculator_times(data: str, sf, lay, p, gmin, gmax, repeats: int) -> dict:
             a.positions[0, 0] += 1e-6
             a.get_forces()
 
-        out[len(a)], _ = _median_time(call, 5 * repeats)
-    return out
+        calls[len(a)] = call
+    return calls
 
 
 def worker(args) -> int:
