@@ -521,7 +521,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{1e6 * d['collectives_s']:.0f} µs; with a copy of the optimiser on every rank: loss+gradient "
                 f"{1000 * d['replicated_eval_s']:.1f} ms, bare Allreduce {1e6 * d['allreduce_only_s']:.0f} µs; "
                 f"optimiser per evaluation: scipy L-BFGS-B {1e3 * d['optimizer_per_eval_s']:.2f} ms, hpcpot L-BFGS (the default) "
-                f"{1e3 * d.get('optimizer_per_eval_s_lbfgs', math.nan):.2f} ms), anneal step {1000 * d['anneal_step_s']:.1f} ms, "
+                f"{1e3 * d.get('optimizer_per_eval_s_lbfgs', math.nan):.2f} ms, or "
+                f"{1e3 * d.get('optimizer_per_eval_s_lbfgs_prefetched', math.nan):.2f} ms after its warm-up of "
+                f"{1e6 * d.get('lbfgs_prefetch_s', math.nan):.0f} µs, which a training on several ranks runs while "
+                f"the Allreduce is in flight), anneal step {1000 * d['anneal_step_s']:.1f} ms, "
                 f"peak RSS per rank {', '.join(f'{x:.0f}' for x in d['rss_mib'])} MiB")  # fmt: skip
     results["mpi"] = mpi
     if "eval_1" in mpi and "eval_2" in mpi:
