@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import small_problem
+from conftest import fresh_python, small_problem
 
 
 def _fd_check(prob, p, h=1e-6, n_check=None):
@@ -286,3 +286,29 @@ def test_element_kernels_with_inputs_narrower_than_the_gradient_rows(precision):
     assert (grad[:3] == 0).all() and (grad[3 + ref.size :] == 0).all()
     np.testing.assert_allclose(grad[3 : 3 + ref.size], ref, rtol=tol, atol=tol * np.abs(ref).max())
     assert outdot == pytest.approx(float(outdot_ref.sum()), rel=tol, abs=tol)
+
+
+def test_element_kernels_load_blas_without_scipy_linalg():
+    """numba's np.dot finds BLAS in scipy.linalg.cython_blas: element_passes loads that
+    extension module alone, without scipy.linalg's package (0.1 s and 13.5 MiB per rank).
+    In a fresh interpreter: the kernels give numpy's products, scipy.linalg is not imported,
+    and importing it (and scipy.optimize, Levenberg–Marquardt's dsyrk) afterwards works."""
+    code = """
+import sys
+import numpy as np
+from hpcpot.potential.element_passes import BLAS_MODULE
+from hpcpot.potential.network import Layout, forward
+from hpcpot.potential.element_passes import element_forward
+print(BLAS_MODULE in sys.modules, "scipy.linalg" in sys.modules)
+rng = np.random.default_rng(0)
+lay = Layout(("H",), (5,), (4,), "tanh")
+w, X = rng.normal(size=lay.n_params - 2), rng.uniform(-1, 1, (6, 5))
+out, ws = np.empty(6), np.empty(24)
+element_forward(w, np.array([5, 4, 1]), X, 1.0, 8, out, ws, ws.copy(), np.empty((0, 0)), 0, False)
+print(np.allclose(out, forward(lay.unpack(w, 0), X, "tanh").out, rtol=1e-13))
+import scipy.linalg
+import scipy.optimize
+from scipy.linalg.blas import dsyrk
+print(float(dsyrk(1.0, np.ones((2, 3)))[0, 0]))
+"""
+    assert fresh_python(code) == ["True", "False", "True", "3.0"]
