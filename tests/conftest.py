@@ -147,10 +147,12 @@ def fitted_model():
 
 
 def small_config(d: Path, iters: int = 10**6, every: int = 1, extra: str = "", hidden: str = "[6]",
-                 e_rmse: float = 1e-12, f_rmse: float = 1e-12, images: int = 24, validation: float = 0.0) -> Path:  # fmt: skip
+                 e_rmse: float = 1e-12, f_rmse: float = 1e-12, images: int = 24, validation: float = 0.0,
+                 min_interval: float = 0.0) -> Path:  # fmt: skip
     """d/c.toml: the first ``images`` reference images (24), ``validation`` of them held out
-    (none), checkpoints every ``every`` iterations (keep 3), criteria that a short run never
-    meets; ``extra`` is appended (more tables)."""
+    (none), checkpoints every ``every`` iterations however young the last one (``min_interval``
+    seconds; keep 3), criteria that a short run never meets; ``extra`` is appended (more
+    tables)."""
     cfg = d / "c.toml"
     cfg.write_text(f"""
 [data]
@@ -166,6 +168,7 @@ energy_rmse = {e_rmse}
 force_rmse = {f_rmse}
 [checkpoint]
 every = {every}
+min_interval = {min_interval}
 keep = 3
 [output]
 dir = "out"

@@ -151,3 +151,17 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("min_interval", [0.0, 1e6])
+def test_periodic_checkpoints_wait_for_min_interval(tmp_path, min_interval):
+    """[checkpoint] every = 1: with min_interval = 0 a checkpoint per iteration; with a
+    min_interval longer than any run none until the final one (the sequence number in the
+    newest file's name counts every checkpoint written)."""
+    cfg = small_config(tmp_path, 6, every=1, min_interval=min_interval)
+    r = subprocess.run([sys.executable, "-m", "hpcpot.train", str(cfg)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = sorted((tmp_path / "out" / "checkpoints").glob("checkpoint-*.npz"))
+    written = int(files[-1].name[11:17])
+    assert ckpt.load(str(files[-1])).stage == "done"
+    assert written == (7 if min_interval == 0 else 1)

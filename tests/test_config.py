@@ -159,6 +159,8 @@ def test_bad_choice(section, key, value):
         ("optimizer", "max_iterations", -1),
         ("checkpoint", "every", -1),
         ("checkpoint", "keep", 0),
+        ("checkpoint", "min_interval", -1.0),
+        ("checkpoint", "min_interval", float("inf")),
         ("anneal", "steps", 0),
     ],
 )

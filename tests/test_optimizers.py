@@ -34,6 +34,7 @@ energy_rmse = 0
 force_rmse = 0
 [checkpoint]
 every = 5
+min_interval = 0
 [output]
 dir = "out"
 validate_every = 3

@@ -66,6 +66,7 @@ force_rmse = 1e-9
 
 [checkpoint]
 every = 5
+min_interval = 0
 
 [output]
 dir = "run"

@@ -634,6 +634,21 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
                                                  time.perf_counter() - t0, extra or {}, arrays or {}),
                          keep=cfg.checkpoint.keep)  # fmt: skip
 
+    t_periodic = [time.perf_counter()]  # the last periodic checkpoint (or the start)
+
+    def checkpoint_due(it: int) -> bool:
+        """A periodic checkpoint now: ``[checkpoint] every`` divides the iteration (or annealing
+        step) and the last one is at least ``min_interval`` seconds old (rank 0's clock; only
+        rank 0 writes)."""
+        every = cfg.checkpoint.every
+        if not every or it % every:
+            return False
+        now = time.perf_counter()
+        if now - t_periodic[0] < cfg.checkpoint.min_interval:
+            return False
+        t_periodic[0] = now
+        return True
+
     def check_signal(stage_: str, it: int, params: np.ndarray, extra=None, arrays=None) -> None:
         if flag.received is not None:
             path = save(stage_, it, params, extra, arrays)
@@ -652,7 +667,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
             x = anneal(loss_only, x, cfg.anneal, log, resume=anneal_state,
                        on_update=lambda step, extra, arrays: check_signal("anneal", step, arrays["best"], extra, arrays),
                        checkpoint_every=cfg.checkpoint.every,
-                       save=lambda step, extra, arrays: save("anneal", step, arrays["best"], extra, arrays))  # fmt: skip
+                       save=lambda step, extra, arrays: checkpoint_due(step) and save("anneal", step, arrays["best"], extra, arrays))  # fmt: skip
             it0 = 0
             save("optimize", 0, x)
 
@@ -682,7 +697,7 @@ def _drive(comm, cfg: Config, setup: Setup, ev: Evaluator, log, flag: SignalFlag
         def on_iteration(it, p, elapsed):
             # every other rank waits for this on rank 0: the checkpoint fields are built only
             # when a checkpoint is written
-            if cfg.checkpoint.every and it % cfg.checkpoint.every == 0:
+            if checkpoint_due(it):
                 extra, arrays = with_best()
                 save("optimize", it, p, {"elapsed": elapsed, **extra}, arrays)
             if not replicated:
