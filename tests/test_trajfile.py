@@ -13,7 +13,7 @@ from ase.constraints import FixAtoms
 from conftest import read_in_fresh_python
 
 from hpcpot.errors import DataError
-from hpcpot.training.data import ImageSet, atoms_to_structures, read_structures
+from hpcpot.training.data import ImageSet, atoms_to_structures, index_slice, read_structures
 from hpcpot.training.trajfile import NotUlm, TrajFile
 
 REF_TRAJ = Path(__file__).resolve().parents[2] / "shared" / "data" / "o_pt111_emt_3000.traj"
@@ -116,3 +116,40 @@ def test_training_reads_traj_without_ase_io(tmp_path):
         "st = s.read(np.arange(s.n), need_forces=True)"
     )
     assert out == ["6", "False", "False"]
+
+
+@pytest.mark.parametrize("index", ["1:5", ":4", "::2", "-3:", "2", "-1", "4:0:-1"])
+def test_traj_with_a_slice_index_is_read_by_index_as_ase_selects(tmp_path, index):
+    """[data] index on a .traj: a slice (or one image) is read image by image like the whole
+    file (no rank-0 parse through ase.io), and selects exactly the images ASE selects;
+    sources name each image by its number in the file."""
+    p = str(tmp_path / "mixed.traj")
+    ase.io.write(p, mixed_images())
+    s = ImageSet.open([p], index, need_forces=True)
+    assert s.sources[0].kind == "traj"
+    st = s.read(np.arange(s.n), need_forces=True)
+    ims = ase.io.read(p, index)
+    ims = ims if isinstance(ims, list) else [ims]
+    ref = atoms_to_structures([(a, "") for a in ims], True)
+    for f in ("species", "positions", "cells", "pbc", "atom_ptr", "energy", "forces"):
+        np.testing.assert_array_equal(getattr(st, f), getattr(ref, f), err_msg=f)
+    ids = np.arange(len(mixed_images()))[index_slice(index)]
+    assert st.sources == [f"{p}: image {k}" for k in ids]
+
+
+def test_traj_index_selecting_nothing_is_a_data_error(tmp_path):
+    p = str(tmp_path / "mixed.traj")
+    ase.io.write(p, mixed_images())
+    with pytest.raises(DataError, match=r"mixed.traj: index '10:' selects none of its 6 images"):
+        ImageSet.open([p], "10:", need_forces=True)
+
+
+def test_training_reads_traj_with_an_index_without_ase_io(tmp_path):
+    p = str(tmp_path / "mixed.traj")
+    ase.io.write(p, mixed_images())
+    out = read_in_fresh_python(
+        "from hpcpot.training.data import ImageSet\n"
+        f"s = ImageSet.open([{p!r}], ':3', need_forces=True)\n"
+        "st = s.read(np.arange(s.n), need_forces=True)"
+    )
+    assert out == ["3", "False", "False"]

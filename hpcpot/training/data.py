@@ -5,8 +5,9 @@ Any file ASE reads (``.traj``, extxyz, ASE db, gzip-compressed too) or an HDF5 f
 :class:`DataError` naming the file, the image index and the field.
 
 :class:`ImageSet` is all input files as one global image list that a rank reads by index:
-HDF5 files and ASE ``.traj`` files are read image by image (a rank reads only its images);
-any other format (extxyz, ASE db, a .traj with an index) is parsed once, by rank 0,
+HDF5 files and ASE ``.traj`` files (also with an index that is a slice or one image) are
+read image by image (a rank reads only its images); any other format (extxyz, ASE db, a
+.traj with another kind of index) is parsed once, by rank 0,
 validated, and broadcast as compact arrays.  Which images a rank owns is
 :mod:`hpcpot.training.shard`'s business.
 """
@@ -422,6 +423,21 @@ def _parse_on_root(comm: SerialComm, path: str, index: str, need_forces: bool, t
     return payload
 
 
+def index_slice(index: str) -> slice | None:
+    """ASE's index string as a slice (``":"``, ``"a:b"``, ``"a:b:c"``; an integer k: image k
+    alone), or None for anything else (a file with such an index is read by ASE)."""
+    parts = index.split(":")
+    try:
+        if len(parts) == 1:
+            k = int(parts[0])
+            return slice(k, k + 1 if k != -1 else None)
+        if len(parts) <= 3:
+            return slice(*(int(x) if x.strip() else None for x in parts))
+    except ValueError:
+        return None
+    return None
+
+
 class _Source:
     """One input file, readable by image index."""
 
@@ -429,27 +445,34 @@ class _Source:
                  tags_key: str = ""):  # fmt: skip
         self.path = path
         self.index = index
-        self.kind = "hdf5" if is_hdf5(path) else ("traj" if path.endswith(".traj") and index == ":" else "ase")
+        sel = index_slice(index) if path.endswith(".traj") else None
+        self.kind = "hdf5" if is_hdf5(path) else ("traj" if sel is not None else "ase")
         self._st: Structures | None = None
         self._tags: list = []
         self._tags_key = tags_key
+        self._ids: np.ndarray | None = None  # a .traj's image of each of this source's images
         if self.kind == "hdf5":
             self.n = hdf5_n_images(path)
         elif self.kind == "traj":
             try:
                 with TrajFile(path) as tf:
-                    self.n = len(tf)
+                    n_file = len(tf)
             except (NotUlm, OSError, ValueError):
                 self.kind = "traj-ase"
                 from ase.io.trajectory import Trajectory
 
                 try:
                     with Trajectory(path) as tr:
-                        self.n = len(tr)
+                        n_file = len(tr)
                 except Exception as exc:
                     raise DataError(f"{path}: ASE cannot read it: {type(exc).__name__}: {exc}") from None
-            if self.n == 0:
+            if n_file == 0:
                 raise DataError(f"{path}: the file is empty (no images)")
+            if index.strip() != ":":
+                self._ids = np.arange(n_file)[sel]
+                if len(self._ids) == 0:
+                    raise DataError(f"{path}: index {index!r} selects none of its {n_file} images")
+            self.n = n_file if self._ids is None else len(self._ids)
         else:
             self._st, self._tags = _parse_on_root(comm or SerialComm(), path, index, need_forces, tags_key)
             self.n = self._st.n_images
@@ -461,6 +484,8 @@ class _Source:
             if need_forces and self._st.forces is None:
                 raise DataError(f"{self.path}: forces missing (needed because force_coefficient > 0)")
             return self._st.subset(np.asarray(idx, np.int64)), [self._tags[int(k)] for k in idx]
+        if self._ids is not None:
+            idx = self._ids[np.asarray(idx, np.int64)]
         if self.kind == "traj":
             try:
                 return _read_traj(self.path, idx, need_forces, tags_key)
