@@ -305,16 +305,46 @@ def _optimizer_at_shard_sizes(args, whole, x_whole, ranks=(16, 64, 256)) -> dict
         # compute_rank0_s measured), interleaved so that the machine's speed cancels: a shard
         # of a few images costs more than 1/P of the set, by what every evaluation pays
         # whatever its size (Python and numpy calls per element, layer and block)
+        # And the same evaluation through the evaluation service, as a training calls it: its
+        # own Python (the replicated mode's parameter hashes and control slots, the rank-0
+        # mode's command copy) runs after the evaluation has left its code out of the caches
         prob, x0, buf = setup.train, setup.x0, np.zeros(setup.train.buffer_size)
         buf_w = np.zeros(whole.buffer_size)
-        shard_t, whole_t = [], []
+        shard_t, whole_t, rep_t, r0_t = [], [], [], []
         for _ in range(5):
             whole_t.append(_median_time(partial(whole.evaluate, x_whole, True, buf_w), 1)[0])
             shard_t.append(_median_time(partial(prob.evaluate, x0, True, buf), 9)[0])
+            rep_t.append(_service_time(prob, partial(ev.everywhere, x0), 9))
+            r0_t.append(_service_time(prob, partial(ev.evaluate, x0), 9))
         res[str(P)]["shard_eval_s"] = float(np.median(shard_t))
         res[str(P)]["whole_eval_s"] = float(np.median(whole_t))
+        res[str(P)]["service_s"] = {"replicated": float(np.median(rep_t)), "rank0": float(np.median(r0_t))}
         del setup, ev, prob
     return res
+
+
+def _service_time(prob, call, repeats: int) -> float:
+    """Median seconds of ``call()`` (an evaluation through the evaluation service) beyond the
+    ``prob.evaluate`` inside it, paired call by call so that the machine's speed cancels."""
+    inner: list[float] = []
+    plain = prob.evaluate
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        out = plain(*args, **kwargs)
+        inner.append(time.perf_counter() - t)
+        return out
+
+    prob.evaluate = timed
+    try:
+        outer = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            call()
+            outer.append(time.perf_counter() - t)
+    finally:
+        del prob.evaluate  # the class's method again
+    return float(np.median(np.array(outer) - np.array(inner)))
 
 
 def _optimizer_time(ev, p, method: str, history: int = 50, measured: int = 30, prefetch: bool = False) -> tuple[float, float]:
@@ -407,6 +437,10 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
             log(f"a {P}-rank shard's loss+gradient: {1e6 * shard['shard_eval_s']:.0f} µs against 1/{P} of the whole "
                 f"set's {1e6 * part:.0f} µs (interleaved, medians): a fixed cost of "
                 f"{1e6 * max(0.0, shard['shard_eval_s'] - part):.0f} µs per evaluation")  # fmt: skip
+        if "service_s" in shard:
+            sv = shard["service_s"]
+            log(f"  the evaluation service around it: {1e6 * sv['replicated']:.0f} µs with a copy of the optimiser on "
+                f"every rank (parameter hashes, control slots), {1e6 * sv['rank0']:.0f} µs with rank 0 driving")  # fmt: skip
     methods = (("scipy L-BFGS-B", "optimizer_per_eval_s"), ("hpcpot L-BFGS, no prefetch", "optimizer_per_eval_s_lbfgs"),
                ("hpcpot L-BFGS, its pairs prefetched while the Allreduce is in flight (a training's)",
                 "optimizer_per_eval_s_lbfgs_prefetched"))  # fmt: skip
@@ -439,10 +473,12 @@ def predict(res1: dict, res2: dict | None, costs: np.ndarray, log) -> dict:
                 pre = opt_src.get("lbfgs_prefetch_s", res1.get("lbfgs_prefetch_s", 0.0)) if prefetched else 0.0
                 rec = {"imbalance": imb, "optimizer_s": opt, "prefetch_s": pre, "fixed_s": fixed}
                 for mode in ("rank0", "replicated"):
+                    # the evaluation service's own time per evaluation, whatever the set's size
+                    tpm = tp + at_shard.get("service_s", {}).get(mode, 0.0)
                     rec[f"eff_this_machine_{mode}"] = (
-                        ideal / _step_cost(tp, P, opt, pre, here[mode], here["replicated"]) if here is not None
+                        ideal / _step_cost(tpm, P, opt, pre, here[mode], here["replicated"]) if here is not None
                         else math.nan)  # fmt: skip
-                    rec[f"eff_ib_{mode}"] = ideal / _step_cost(tp, P, opt, pre, ib[mode], ib["replicated"])
+                    rec[f"eff_ib_{mode}"] = ideal / _step_cost(tpm, P, opt, pre, ib[mode], ib["replicated"])
                 out[f"{key}_{scale}x_{P}"] = rec
                 lines.append(
                     f"{P:6d} {str(scale) + 'x':>6} {imb:9.3f} {1e6 * opt:7.0f} µs"
@@ -537,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         st, _ = read_structures([args.data], need_forces=False, index=f":{args.images}")
         costs = pair_cost(st, 6.5)
         log("predicted efficiency of one loss+gradient evaluation ((compute/P + fixed cost per evaluation) x imbalance "
-            "+ log2(P) collective stages + optimizer):")  # fmt: skip
+            "+ the evaluation service's own time + log2(P) collective stages + optimizer):")  # fmt: skip
         results["prediction"] = predict(mpi["eval_1"], mpi["eval_2"], costs, log)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
