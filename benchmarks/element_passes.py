@@ -72,9 +72,9 @@ def main() -> None:
     be = np.zeros(eo.buffer_size)
     cases["whole set, energy only"] = (eo, lambda: eo.evaluate(xe, True, be), 3)
     for prob, _, _ in cases.values():
-        prob.fused = False
+        prob.element_kernels = False
     ref = whole.evaluate(xw).copy()
-    whole.fused = True
+    whole.element_kernels = True
     new = whole.evaluate(xw).copy()
     rel = np.abs(new[5:] - ref[5:]).max() / np.abs(ref[5:]).max()
     print(f"whole set: loss {ref[0]:.9g} (numpy passes) against {new[0]:.9g}, gradient max rel. difference {rel:.1e}")
@@ -84,7 +84,7 @@ def main() -> None:
     for r in range(args.rounds):
         for fused in (False, True) if r % 2 == 0 else (True, False):
             for name, (prob, fn, calls) in cases.items():
-                prob.fused = fused
+                prob.element_kernels = fused
                 fn()
                 res[name][fused].append(_median_time(fn, calls)[0])
             Batch.element_kernels = fused

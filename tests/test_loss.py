@@ -233,12 +233,12 @@ def test_one_call_element_passes_equal_the_numpy_passes(ref_structures, precisio
     gradient, energies and forces agree to rounding (float64) or float32 rounding, also with
     many blocks and a ragged last one."""
     prob, p, _ = small_problem(ref_structures.subset(np.arange(9)), alpha=alpha, hidden=hidden, precision=precision)
-    assert prob.fused
+    assert prob.element_kernels
     tol = 1e-12 if precision == np.float64 else 2e-6
-    prob.fused = False
+    prob.element_kernels = False
     ref = prob.evaluate(p).copy()
     E_ref, F_ref = prob.predict(p)
-    prob.fused = True
+    prob.element_kernels = True
     for block in (2048, 7):
         prob.block = prob.block_energy_only = block
         got = prob.evaluate(p).copy()

@@ -279,7 +279,8 @@ class Batch:
             self.v = np.zeros((len(order), nmax), self.dtype)
             self.Fhat = np.zeros((len(order), 3))
         self.last_max = (0.0, 0.0)
-        self.fused = self.element_kernels and layout.activation == "tanh"
+        # an instance setting from the class default: the element kernels implement tanh only
+        self.element_kernels = self.element_kernels and layout.activation == "tanh"
         self.sizes = [np.array([layout.n_inputs[e], *layout.hidden, 1], np.int64) for e in range(ne)]
         self._workspace: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -313,7 +314,8 @@ class Batch:
     # Without forces there are fewer temporaries per row: 4096 rows measured ~5% faster.
     block = 2048
     block_energy_only = 4096
-    # False: the numpy passes for tanh networks too (the reference; benchmarks/element_passes.py)
+    # False: the numpy passes for tanh networks too (the reference; benchmarks/element_passes.py);
+    # set on the class before a Batch is made, or on one Batch
     element_kernels = True
 
     def _blocks(self, e: int, forces: bool = True):
@@ -331,7 +333,7 @@ class Batch:
         w = params[lo:hi].astype(self.dtype, copy=False)
         slope, intercept = lay.slope_intercept(params, e)
         out_e = np.empty(len(self.X[e]))
-        if self.fused:
+        if self.element_kernels:
             acts, d1s = self.workspace(e)
             g = self.g if fill_g else np.empty((0, 0), self.dtype)
             block = self.block if forces else self.block_energy_only
