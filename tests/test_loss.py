@@ -312,3 +312,15 @@ from scipy.linalg.blas import dsyrk
 print(float(dsyrk(1.0, np.ones((2, 3)))[0, 0]))
 """
     assert fresh_python(code) == ["True", "False", "True", "3.0"]
+
+
+def test_parameters_may_be_a_strided_view(ref_structures):
+    """The element kernels reshape each element's slice of the parameters: a strided view (a
+    caller's column of a larger array) gives the same loss and gradient as a copy."""
+    prob, p, _ = small_problem(ref_structures.subset(np.arange(4)), alpha=0.3)
+    wide = np.zeros((p.size, 2))
+    wide[:, 0] = p
+    assert np.array_equal(prob.evaluate(wide[:, 0]).copy(), prob.evaluate(p).copy())
+    E, F = prob.predict(wide[:, 0])
+    E2, F2 = prob.predict(p)
+    assert np.array_equal(E, E2) and np.array_equal(F, F2)

@@ -330,7 +330,7 @@ class Batch:
         lo, hi = lay.network_span(e)
         # float32 passes (a training's [loss] precision): a rounded copy of the element's
         # network; energies, input gradients and parameter gradients are summed in float64
-        w = params[lo:hi].astype(self.dtype, copy=False)
+        w = np.ascontiguousarray(params[lo:hi], dtype=self.dtype)  # the kernels reshape it
         slope, intercept = lay.slope_intercept(params, e)
         out_e = np.empty(len(self.X[e]))
         if self.element_kernels:
