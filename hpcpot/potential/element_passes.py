@@ -90,7 +90,7 @@ def _offsets(sizes):
     for l in range(nl):
         offs[l] = q
         q += sizes[l + 1] * sizes[l] + sizes[l + 1]
-        if 0 < l < nl:
+        if l > 0:
             bases[l] = bases[l - 1] + sizes[l]
     return offs, bases
 
