@@ -49,6 +49,9 @@ def load_blas_for_numba() -> None:
     unexpected (another SciPy layout): the usual import."""
     if BLAS_MODULE in sys.modules:
         return
+    if "scipy.linalg" in sys.modules:  # the package is loaded anyway: the usual import costs nothing
+        importlib.import_module(BLAS_MODULE)
+        return
     try:
         spec = importlib.util.find_spec("scipy")
         folder = Path(spec.origin).parent / "linalg"
