@@ -193,7 +193,7 @@ def test_float32_tanh_kernel_matches_numpy_to_float32_rounding():
 def test_blocked_network_passes_equal_one_block(ref_structures, alpha):
     prob, p, _ = small_problem(ref_structures.subset(np.arange(10)), alpha=alpha)
     whole = prob.evaluate(p).copy()
-    prob.block, prob.block_energy_only = 7, 5  # many blocks, ragged last one
+    prob.block, prob.block_energy_only, prob.element_block = 7, 5, 6  # many blocks, ragged last one
     blocked = prob.evaluate(p)
     assert np.allclose(blocked, whole, rtol=1e-12, atol=1e-15)
 
@@ -239,8 +239,8 @@ def test_one_call_element_passes_equal_the_numpy_passes(ref_structures, precisio
     ref = prob.evaluate(p).copy()
     E_ref, F_ref = prob.predict(p)
     prob.element_kernels = True
-    for block in (2048, 7):
-        prob.block = prob.block_energy_only = block
+    for block in (512, 7):
+        prob.element_block = block
         got = prob.evaluate(p).copy()
         assert np.abs(got[0] - ref[0]) <= tol * ref[0]
         assert np.abs(got[5:] - ref[5:]).max() <= tol * np.abs(ref[5:]).max()

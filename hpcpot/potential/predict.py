@@ -314,6 +314,11 @@ class Batch:
     # Without forces there are fewer temporaries per row: 4096 rows measured ~5% faster.
     block = 2048
     block_energy_only = 4096
+    # The element kernels (tanh) keep fewer temporaries per block: 512 rows, with and without
+    # forces, measured fastest (interleaved medians: reference set with forces 43.7 against
+    # 45.3 ms at 2048, energy-only loss+gradient 8.2 against 9.3 ms at 4096; a TiO2 subset with
+    # 2 x 30 networks 39.6 against 45.4 ms at 2048)
+    element_block = 512
     # False: the numpy passes for tanh networks too (the reference; benchmarks/element_passes.py);
     # set on the class before a Batch is made, or on one Batch
     element_kernels = True
@@ -336,9 +341,8 @@ class Batch:
         if self.element_kernels:
             acts, d1s = self.workspace(e)
             g = self.g if fill_g else np.empty((0, 0), self.dtype)
-            block = self.block if forces else self.block_energy_only
-            element_forward(w, self.sizes[e], self.X[e], self.dtype.type(slope), block, out_e, acts, d1s, g,
-                            self.elem_ptr[e], fill_g)  # fmt: skip
+            element_forward(w, self.sizes[e], self.X[e], self.dtype.type(slope), self.element_block, out_e, acts, d1s,
+                            g, self.elem_ptr[e], fill_g)  # fmt: skip
             return ElementPass(w, slope, intercept, out_e)
         layers = lay.unpack(w, e, base=lo)
         blocks = []

@@ -94,7 +94,7 @@ class ShardProblem(Batch):
                 acts, d1s = self.workspace(e)
                 v = self.v if do_forces else np.empty((0, 0), dt)
                 c0, c1 = D2_COEFFICIENTS[lay.activation]
-                outdot_sum = element_gradient(ep.w, self.sizes[e], self.X[e], self.block, acts, d1s, obar, v, r0,
+                outdot_sum = element_gradient(ep.w, self.sizes[e], self.X[e], self.element_block, acts, d1s, obar, v, r0,
                                               dt.type(-ep.slope), c0, c1, grad, lay.network_offset(e))  # fmt: skip
             else:
                 gl = lay.unpack(grad, e)
