@@ -105,17 +105,18 @@ def test_truncated_file_is_a_data_error(tmp_path):
     assert str(q) in str(exc.value)
 
 
-def test_training_reads_traj_without_ase_io(tmp_path):
+@pytest.mark.parametrize(("index", "n"), [(":", "6"), (":3", "3")])
+def test_training_reads_traj_without_ase_io(tmp_path, index, n):
     """ase.io imports scipy through ase.constraints (~39 MiB per process): a training reading a
-    .traj must not import it."""
+    .traj, whole or through a slice index, must not import it."""
     p = str(tmp_path / "mixed.traj")
     ase.io.write(p, mixed_images())
     out = read_in_fresh_python(
         "from hpcpot.training.data import ImageSet\n"
-        f"s = ImageSet.open([{p!r}], need_forces=True)\n"
+        f"s = ImageSet.open([{p!r}], {index!r}, need_forces=True)\n"
         "st = s.read(np.arange(s.n), need_forces=True)"
     )
-    assert out == ["6", "False", "False"]
+    assert out == [n, "False", "False"]
 
 
 @pytest.mark.parametrize("index", ["1:5", ":4", "::2", "-3:", "2", "-1", "4:0:-1"])
@@ -142,14 +143,3 @@ def test_traj_index_selecting_nothing_is_a_data_error(tmp_path):
     ase.io.write(p, mixed_images())
     with pytest.raises(DataError, match=r"mixed.traj: index '10:' selects none of its 6 images"):
         ImageSet.open([p], "10:", need_forces=True)
-
-
-def test_training_reads_traj_with_an_index_without_ase_io(tmp_path):
-    p = str(tmp_path / "mixed.traj")
-    ase.io.write(p, mixed_images())
-    out = read_in_fresh_python(
-        "from hpcpot.training.data import ImageSet\n"
-        f"s = ImageSet.open([{p!r}], ':3', need_forces=True)\n"
-        "st = s.read(np.arange(s.n), need_forces=True)"
-    )
-    assert out == ["3", "False", "False"]
