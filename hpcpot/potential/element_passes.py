@@ -5,9 +5,10 @@ The same arithmetic as :func:`hpcpot.potential.network.forward`, :func:`input_gr
 Python between layers.  Those functions make ~70 numpy calls per element and block; with
 the few hundred rows of a small shard (a 64-rank shard of the reference set: 552 and 92
 rows) their call overhead, and the interpreter's code falling out of the caches between
-them, cost more than the products: a 46-image shard's loss+gradient took ~20% longer than
-1/64 of the whole set's, and takes about 1/64 of it here (measured, one process,
-interleaved; `python -m hpcpot.bench` prints the figures).  The whole set is 2-8% faster.
+them, cost more than the products: a 46-image shard's loss+gradient took ~10-20% longer
+than 1/64 of the whole set's, and takes about 1/64 of it here; the whole set takes 0.95 of
+the numpy passes' time, with 512-row blocks (`python benchmarks/element_passes.py`, one
+process, interleaved; `python -m hpcpot.bench` prints the scaling figures).
 
 The matrix products are ``np.dot`` inside numba, which calls BLAS through SciPy's
 ``cython_blas`` (loaded below: numba looks the functions up there).
